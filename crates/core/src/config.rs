@@ -1,0 +1,225 @@
+//! Typed configuration from `HERALD_*` environment variables and an optional TOML file.
+//!
+//! Loaded once by a binary and passed explicitly; there is no global. Nested sections use a double
+//! underscore in the environment: `HERALD_QUEUE__WORKERS=4` sets `[queue] workers = 4`.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+use crate::db::{BackendKind, DatabaseUrl};
+use crate::error::CoreError;
+
+#[derive(Clone, Deserialize, Serialize)]
+#[serde(default)]
+pub struct Config {
+    /// `postgres://…` or `sqlite://path`; default `sqlite://{data_dir}/herald.db`.
+    #[serde(serialize_with = "serialize_secret_opt")]
+    pub database_url: Option<SecretString>,
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Base64 of 32 bytes; encrypts stored secrets (mailbox passwords, provider tokens).
+    #[serde(serialize_with = "serialize_secret_opt")]
+    pub secret_key: Option<SecretString>,
+    /// The URL providers and users reach this API at; default `http://{listen}`.
+    pub public_url: Option<String>,
+    /// Run the job runner inside `herald-api`; default on with SQLite, off with PostgreSQL.
+    pub embedded_worker: Option<bool>,
+    /// Create a first account and admin on an empty database; default on with SQLite only.
+    pub bootstrap: Option<bool>,
+    /// Apply pending migrations at start-up.
+    pub run_migrations: bool,
+    pub log_format: LogFormat,
+    /// Connections in each process's pool.
+    pub db_pool_size: u32,
+    pub queue: QueueConfig,
+    pub api: ApiConfig,
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// How a process runs the job queue.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct QueueConfig {
+    /// Worker loops in this process; each claims its own batches.
+    pub workers: usize,
+    /// Jobs claimed per round trip.
+    pub batch_size: i64,
+    /// Sleep between polls when the queue is empty (an in-process enqueue wakes workers at once).
+    pub poll_interval_ms: u64,
+    /// How long a claim holds a job before another worker may recover it; renewed while running.
+    pub lease_secs: u64,
+    /// On shutdown, how long in-flight jobs may finish before they are released.
+    pub shutdown_grace_secs: u64,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            workers: 2,
+            batch_size: 16,
+            poll_interval_ms: 500,
+            lease_secs: 300,
+            shutdown_grace_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiConfig {
+    /// Largest accepted request body.
+    pub body_limit_bytes: usize,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            body_limit_bytes: 1024 * 1024,
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("./data"),
+            secret_key: None,
+            public_url: None,
+            embedded_worker: None,
+            bootstrap: None,
+            run_migrations: true,
+            log_format: LogFormat::Text,
+            db_pool_size: 10,
+            queue: QueueConfig::default(),
+            api: ApiConfig::default(),
+        }
+    }
+}
+
+fn serialize_secret_opt<S: serde::Serializer>(
+    value: &Option<SecretString>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) => s.serialize_some(v.expose_secret()),
+        None => s.serialize_none(),
+    }
+}
+
+impl Config {
+    /// Defaults, then the TOML file (when given), then `HERALD_*` variables.
+    pub fn load(file: Option<&Path>) -> Result<Self, CoreError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(CoreError::Config(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(
+            Env::prefixed("HERALD_")
+                .split("__")
+                .ignore(&["config", "test_postgres_url"]),
+        );
+        let config: Config = figment
+            .extract()
+            .map_err(|e| CoreError::Config(e.to_string()))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), CoreError> {
+        self.database()?;
+        if self.db_pool_size == 0 {
+            return Err(CoreError::Config("db_pool_size must be at least 1".into()));
+        }
+        if self.queue.workers == 0 || self.queue.batch_size < 1 {
+            return Err(CoreError::Config(
+                "queue.workers and queue.batch_size must be at least 1".into(),
+            ));
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(CoreError::Config(format!(
+                "public_url must start with http:// or https://, got `{url}`"
+            )));
+        }
+        Ok(())
+    }
+
+    pub fn database(&self) -> Result<DatabaseUrl, CoreError> {
+        match &self.database_url {
+            Some(url) => DatabaseUrl::parse(url.expose_secret()),
+            None => Ok(DatabaseUrl::Sqlite(self.data_dir.join("herald.db"))),
+        }
+    }
+
+    fn backend(&self) -> BackendKind {
+        self.database()
+            .map(|u| u.backend())
+            .unwrap_or(BackendKind::Sqlite)
+    }
+
+    pub fn embedded_worker(&self) -> bool {
+        self.embedded_worker
+            .unwrap_or(self.backend() == BackendKind::Sqlite)
+    }
+
+    pub fn bootstrap(&self) -> bool {
+        self.bootstrap
+            .unwrap_or(self.backend() == BackendKind::Sqlite)
+    }
+
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.listen),
+        }
+    }
+}
+
+/// Secrets redacted: safe to log.
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let database = match self.database() {
+            Ok(url) => url.to_string(),
+            Err(_) => "<invalid>".to_owned(),
+        };
+        f.debug_struct("Config")
+            .field("database", &database)
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field(
+                "secret_key",
+                &self.secret_key.as_ref().map(|_| "<redacted>"),
+            )
+            .field("public_url", &self.public_url())
+            .field("embedded_worker", &self.embedded_worker())
+            .field("bootstrap", &self.bootstrap())
+            .field("run_migrations", &self.run_migrations)
+            .field("log_format", &self.log_format)
+            .field("db_pool_size", &self.db_pool_size)
+            .field("queue", &self.queue)
+            .field("api", &self.api)
+            .finish()
+    }
+}

@@ -1,0 +1,483 @@
+//! The runner: worker loops that claim due jobs, run them, and record the outcome.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::TimeDelta;
+use herald_core::Db;
+use herald_core::config::QueueConfig;
+use herald_core::time::now;
+use rand::Rng;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::error::JobError;
+use crate::job::BackgroundJob;
+use crate::storage::{self, ClaimedJob};
+
+type RunFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
+type RunFn<C> = Arc<dyn Fn(C, &str) -> Result<RunFuture, JobError> + Send + Sync>;
+
+/// Wakes idle workers of this process at once after an enqueue (other processes poll).
+#[derive(Clone, Debug, Default)]
+pub struct QueueWaker(Arc<Notify>);
+
+impl QueueWaker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn wake(&self) {
+        self.0.notify_waiters();
+    }
+
+    async fn woken(&self) {
+        self.0.notified().await;
+    }
+}
+
+/// How the runner behaves; built from [`QueueConfig`] with test-friendly overrides.
+#[derive(Clone, Debug)]
+pub struct RunnerSettings {
+    pub workers: usize,
+    pub batch_size: i64,
+    pub poll_interval: Duration,
+    pub lease: Duration,
+    pub shutdown_grace: Duration,
+    /// First retry delay; doubled per attempt up to `backoff_max`, with ±25 % jitter.
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+impl From<&QueueConfig> for RunnerSettings {
+    fn from(c: &QueueConfig) -> Self {
+        RunnerSettings {
+            workers: c.workers,
+            batch_size: c.batch_size,
+            poll_interval: Duration::from_millis(c.poll_interval_ms),
+            lease: Duration::from_secs(c.lease_secs),
+            shutdown_grace: Duration::from_secs(c.shutdown_grace_secs),
+            backoff_base: Duration::from_secs(5),
+            backoff_max: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Default for RunnerSettings {
+    fn default() -> Self {
+        Self::from(&QueueConfig::default())
+    }
+}
+
+/// Delay before the run after `attempts` failed runs: capped exponential backoff with jitter.
+pub fn backoff(settings: &RunnerSettings, attempts: i32) -> Duration {
+    let exp = attempts.saturating_sub(1).clamp(0, 30) as u32;
+    let base = settings
+        .backoff_base
+        .saturating_mul(2u32.saturating_pow(exp));
+    let capped = base.min(settings.backoff_max);
+    let jitter = rand::rng().random_range(0.75..=1.25);
+    capped.mul_f64(jitter).min(settings.backoff_max)
+}
+
+pub struct RunnerBuilder<C> {
+    db: Db,
+    context: C,
+    jobs: HashMap<&'static str, RunFn<C>>,
+    settings: RunnerSettings,
+    waker: QueueWaker,
+}
+
+impl<C: Clone + Send + Sync + 'static> RunnerBuilder<C> {
+    /// Registers a job type: the runner claims and runs jobs of the registered types only.
+    pub fn register<J: BackgroundJob<Context = C>>(mut self) -> Self {
+        let run: RunFn<C> = Arc::new(|ctx: C, payload: &str| {
+            let job: J = serde_json::from_str(payload).map_err(|e| {
+                JobError::permanent(format!("payload does not decode as {}: {e}", J::JOB_NAME))
+            })?;
+            Ok(Box::pin(async move { job.run(ctx).await }))
+        });
+        self.jobs.insert(J::JOB_NAME, run);
+        self
+    }
+
+    pub fn settings(mut self, settings: RunnerSettings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    pub fn waker(mut self, waker: QueueWaker) -> Self {
+        self.waker = waker;
+        self
+    }
+
+    pub fn build(self) -> Runner<C> {
+        Runner {
+            inner: Arc::new(Inner {
+                db: self.db,
+                context: self.context,
+                job_types: self.jobs.keys().copied().collect(),
+                jobs: self.jobs,
+                settings: self.settings,
+                waker: self.waker,
+                instance: format!(
+                    "{}-{:06x}",
+                    std::process::id(),
+                    rand::rng().random_range(0..0xFF_FFFF)
+                ),
+            }),
+        }
+    }
+}
+
+struct Inner<C> {
+    db: Db,
+    context: C,
+    jobs: HashMap<&'static str, RunFn<C>>,
+    job_types: Vec<&'static str>,
+    settings: RunnerSettings,
+    waker: QueueWaker,
+    /// Unique per runner; worker ids are `{instance}-{n}`.
+    instance: String,
+}
+
+/// Runs registered jobs with several worker loops; clone-cheap.
+pub struct Runner<C> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for Runner<C> {
+    fn clone(&self) -> Self {
+        Runner {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+/// What one pass of a worker did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PassStats {
+    pub claimed: usize,
+    pub succeeded: usize,
+    pub retried: usize,
+    pub dead: usize,
+    pub released: usize,
+}
+
+enum Outcome {
+    Done,
+    Failed(JobError),
+    Unfinished,
+}
+
+impl<C: Clone + Send + Sync + 'static> Runner<C> {
+    pub fn builder(db: Db, context: C) -> RunnerBuilder<C> {
+        RunnerBuilder {
+            db,
+            context,
+            jobs: HashMap::new(),
+            settings: RunnerSettings::default(),
+            waker: QueueWaker::new(),
+        }
+    }
+
+    pub fn waker(&self) -> QueueWaker {
+        self.inner.waker.clone()
+    }
+
+    pub fn job_types(&self) -> &[&'static str] {
+        &self.inner.job_types
+    }
+
+    /// Runs the worker loops until `shutdown` is cancelled, then lets in-flight jobs finish for
+    /// the grace period and releases the rest.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut loops = JoinSet::new();
+        for n in 0..self.inner.settings.workers {
+            let worker = format!("{}-{n}", self.inner.instance);
+            let this = self.clone();
+            let shutdown = shutdown.clone();
+            loops.spawn(async move { this.worker_loop(worker, shutdown).await });
+        }
+        info!(workers = self.inner.settings.workers, job_types = ?self.inner.job_types, "job runner started");
+        while loops.join_next().await.is_some() {}
+        info!("job runner stopped");
+    }
+
+    /// Runs until no job is due, then returns (tests, `herald jobs` maintenance).
+    pub async fn run_until_empty(&self) -> PassStats {
+        let worker = format!("{}-drain", self.inner.instance);
+        let never = CancellationToken::new();
+        let mut total = PassStats::default();
+        loop {
+            self.recover_expired().await;
+            let stats = self.pass(&worker, &never).await;
+            if stats.claimed == 0 {
+                return total;
+            }
+            total.claimed += stats.claimed;
+            total.succeeded += stats.succeeded;
+            total.retried += stats.retried;
+            total.dead += stats.dead;
+            total.released += stats.released;
+        }
+    }
+
+    async fn worker_loop(&self, worker: String, shutdown: CancellationToken) {
+        let mut idle_rounds: u32 = 0;
+        while !shutdown.is_cancelled() {
+            let stats = self.pass(&worker, &shutdown).await;
+            if stats.claimed > 0 {
+                idle_rounds = 0;
+                continue;
+            }
+            // Idle: recover expired leases now and then, and wait for a wake-up or the next poll.
+            if idle_rounds % 20 == 0 {
+                self.recover_expired().await;
+            }
+            idle_rounds = idle_rounds.wrapping_add(1);
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.inner.waker.woken() => {}
+                _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+            }
+        }
+    }
+
+    async fn recover_expired(&self) {
+        match self
+            .inner
+            .db
+            .run(|conn| Ok::<_, herald_core::CoreError>(storage::recover_expired(conn, now())?))
+            .await
+        {
+            Ok((0, 0)) => {}
+            Ok((requeued, buried)) => warn!(requeued, buried, "recovered jobs whose lease expired"),
+            Err(e) => error!(error = %e, "could not recover expired leases"),
+        }
+    }
+
+    /// Claims one batch, runs it, and records every outcome.
+    async fn pass(&self, worker: &str, shutdown: &CancellationToken) -> PassStats {
+        let settings = &self.inner.settings;
+        let lease = TimeDelta::from_std(settings.lease).unwrap_or(TimeDelta::minutes(5));
+        let job_types = self.inner.job_types.clone();
+        let owner = worker.to_owned();
+        let limit = settings.batch_size;
+        let claimed = self
+            .inner
+            .db
+            .run(move |conn| {
+                let at = now();
+                Ok::<_, herald_core::CoreError>(storage::claim(
+                    conn,
+                    &owner,
+                    &job_types,
+                    limit,
+                    at,
+                    at + lease,
+                )?)
+            })
+            .await;
+        let claimed = match claimed {
+            Ok(jobs) => jobs,
+            Err(e) => {
+                error!(error = %e, "could not claim jobs");
+                tokio::time::sleep(settings.poll_interval).await;
+                return PassStats::default();
+            }
+        };
+        if claimed.is_empty() {
+            return PassStats::default();
+        }
+        let outcomes = self.run_batch(worker, &claimed, shutdown).await;
+        self.record(worker, &claimed, outcomes).await
+    }
+
+    /// Runs the claimed jobs concurrently, each in its own task so a panic is caught as a failure;
+    /// renews the lease while they run.
+    async fn run_batch(
+        &self,
+        worker: &str,
+        claimed: &[ClaimedJob],
+        shutdown: &CancellationToken,
+    ) -> Vec<Outcome> {
+        let mut outcomes: Vec<Outcome> = claimed.iter().map(|_| Outcome::Unfinished).collect();
+        let mut tasks = JoinSet::new();
+        // Task id → batch index, so a panicking task can still be attributed to its job.
+        let mut ids: HashMap<tokio::task::Id, usize> = HashMap::new();
+        for (index, job) in claimed.iter().enumerate() {
+            let span = info_span!("job", job.id = job.id, job.type = %job.job_type, job.attempt = job.attempts);
+            let started = match self.inner.jobs.get(job.job_type.as_str()) {
+                Some(run) => run(self.inner.context.clone(), &job.payload),
+                None => Err(JobError::permanent(format!(
+                    "no runner registered for {}",
+                    job.job_type
+                ))),
+            };
+            match started {
+                Ok(fut) => {
+                    let job_type = job.job_type.clone();
+                    let handle = tasks.spawn(
+                        async move {
+                            let t = std::time::Instant::now();
+                            let result = fut.await;
+                            metrics::histogram!("herald_job_duration_seconds", "job" => job_type)
+                                .record(t.elapsed().as_secs_f64());
+                            (index, result)
+                        }
+                        .instrument(span),
+                    );
+                    ids.insert(handle.id(), index);
+                }
+                Err(e) => outcomes[index] = Outcome::Failed(e),
+            }
+        }
+        let renew_every = self.inner.settings.lease / 3;
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            tokio::select! {
+                joined = tasks.join_next_with_id() => match joined {
+                    None => break,
+                    Some(Ok((_, (index, result)))) => {
+                        outcomes[index] = match result {
+                            Ok(()) => Outcome::Done,
+                            Err(e) => Outcome::Failed(e),
+                        };
+                    }
+                    Some(Err(join_error)) => {
+                        let Some(&index) = ids.get(&join_error.id()) else { continue };
+                        if join_error.is_panic() {
+                            let message = panic_message(join_error.into_panic());
+                            outcomes[index] = Outcome::Failed(JobError::temporary(format!("the job panicked: {message}")));
+                        }
+                    }
+                },
+                _ = renew.tick() => self.renew(worker).await,
+                _ = shutdown.cancelled(), if deadline.is_none() => {
+                    info!(in_flight = tasks.len(), "shutting down: letting in-flight jobs finish");
+                    deadline = Some(Box::pin(tokio::time::sleep(self.inner.settings.shutdown_grace)));
+                }
+                _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
+                    warn!(in_flight = tasks.len(), "grace period over: releasing unfinished jobs");
+                    tasks.abort_all();
+                    while tasks.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        outcomes
+    }
+
+    async fn renew(&self, worker: &str) {
+        let lease = TimeDelta::from_std(self.inner.settings.lease).unwrap_or(TimeDelta::minutes(5));
+        let owner = worker.to_owned();
+        if let Err(e) = self
+            .inner
+            .db
+            .run(move |conn| {
+                Ok::<_, herald_core::CoreError>(storage::extend_leases(
+                    conn,
+                    &owner,
+                    now() + lease,
+                )?)
+            })
+            .await
+        {
+            warn!(error = %e, "could not renew job leases");
+        }
+    }
+
+    async fn record(
+        &self,
+        worker: &str,
+        claimed: &[ClaimedJob],
+        outcomes: Vec<Outcome>,
+    ) -> PassStats {
+        let mut stats = PassStats {
+            claimed: claimed.len(),
+            ..PassStats::default()
+        };
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        let mut unfinished = Vec::new();
+        for (job, outcome) in claimed.iter().zip(outcomes) {
+            match outcome {
+                Outcome::Done => done.push(job.id),
+                Outcome::Failed(e) => failed.push((job.clone(), e)),
+                Outcome::Unfinished => unfinished.push(job.id),
+            }
+        }
+        let settings = self.inner.settings.clone();
+        let owner = worker.to_owned();
+        let result = self
+            .inner
+            .db
+            .run(move |conn| {
+                let mut stats = PassStats::default();
+                let acked = storage::ack(conn, &owner, &done)?;
+                if acked < done.len() {
+                    warn!(expected = done.len(), acked, "some finished jobs were no longer held by this worker");
+                }
+                stats.succeeded = acked;
+                for (job, error) in &failed {
+                    let message = error.to_string();
+                    let give_up = matches!(error, JobError::Permanent(_)) || job.attempts >= job.max_attempts;
+                    if give_up {
+                        error!(job.id = job.id, job.type = %job.job_type, attempts = job.attempts, error = %message, "job failed for good");
+                        storage::bury(conn, &owner, job.id, &message)?;
+                        metrics::counter!("herald_jobs_total", "job" => job.job_type.clone(), "outcome" => "dead").increment(1);
+                        stats.dead += 1;
+                    } else {
+                        let delay = match error {
+                            JobError::Temporary { retry_after: Some(d), .. } => *d,
+                            _ => backoff(&settings, job.attempts),
+                        };
+                        warn!(job.id = job.id, job.type = %job.job_type, attempts = job.attempts, retry_in = ?delay, error = %message, "job failed; will retry");
+                        let run_at = now() + TimeDelta::from_std(delay).unwrap_or(TimeDelta::hours(1));
+                        storage::retry_later(conn, &owner, job.id, run_at, &message)?;
+                        metrics::counter!("herald_jobs_total", "job" => job.job_type.clone(), "outcome" => "retry").increment(1);
+                        stats.retried += 1;
+                    }
+                }
+                if !unfinished.is_empty() {
+                    stats.released = storage::release(conn, &owner, &unfinished)?;
+                }
+                Ok::<_, herald_core::CoreError>(stats)
+            })
+            .await;
+        match result {
+            Ok(s) => {
+                stats.succeeded = s.succeeded;
+                stats.retried = s.retried;
+                stats.dead = s.dead;
+                stats.released = s.released;
+                if s.succeeded > 0 {
+                    metrics::counter!("herald_jobs_total", "job" => "all", "outcome" => "done")
+                        .increment(s.succeeded as u64);
+                }
+                debug!(?stats, "batch recorded");
+            }
+            // The lease will expire and the jobs be recovered: nothing is lost.
+            Err(e) => error!(error = %e, "could not record job outcomes"),
+        }
+        stats
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

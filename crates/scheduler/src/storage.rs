@@ -1,0 +1,311 @@
+//! The `jobs` table and every statement on it.
+//!
+//! A job is `queued` until a worker claims it (`running`, with `locked_by` and `locked_until`).
+//! A finished job is deleted; a failed one goes back to `queued` with a later `run_at`, or to
+//! `dead` with its last error. Ack, retry and lease renewal only touch rows still locked by the
+//! caller, so a worker whose lease expired and was recovered cannot overwrite the new holder.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use herald_core::DbConnection;
+use herald_core::schema::jobs;
+use herald_core::time::{now, rfc3339, rfc3339_opt};
+use serde::Serialize;
+
+pub const QUEUED: &str = "queued";
+pub const RUNNING: &str = "running";
+pub const DEAD: &str = "dead";
+pub const CANCELLED: &str = "cancelled";
+pub const STATUSES: &[&str] = &[QUEUED, RUNNING, DEAD, CANCELLED];
+
+#[derive(Debug)]
+pub struct NewJob<'a> {
+    pub job_type: &'a str,
+    pub queue: &'a str,
+    pub payload: &'a str,
+    pub priority: i16,
+    pub max_attempts: i32,
+    pub run_at: NaiveDateTime,
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Serialize)]
+#[diesel(table_name = jobs)]
+pub struct Job {
+    pub id: i64,
+    pub queue: String,
+    pub job_type: String,
+    pub payload: String,
+    pub status: String,
+    pub priority: i16,
+    #[serde(serialize_with = "rfc3339")]
+    pub run_at: NaiveDateTime,
+    pub attempts: i32,
+    pub max_attempts: i32,
+    pub locked_by: Option<String>,
+    #[serde(serialize_with = "rfc3339_opt")]
+    pub locked_until: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    pub created_at: NaiveDateTime,
+    #[serde(serialize_with = "rfc3339")]
+    pub updated_at: NaiveDateTime,
+}
+
+/// What a worker needs of a claimed job.
+#[derive(Clone, Debug, QueryableByName)]
+#[diesel(table_name = jobs)]
+pub struct ClaimedJob {
+    pub id: i64,
+    pub job_type: String,
+    pub payload: String,
+    /// Runs so far, this one included.
+    pub attempts: i32,
+    pub max_attempts: i32,
+}
+
+/// The job `id` while `worker` still holds it.
+macro_rules! held {
+    ($id:expr, $worker:expr) => {
+        jobs::table
+            .filter(jobs::id.eq($id))
+            .filter(jobs::locked_by.eq($worker))
+            .filter(jobs::status.eq(RUNNING))
+    };
+}
+
+pub fn enqueue(conn: &mut DbConnection, job: &NewJob<'_>) -> QueryResult<i64> {
+    let at = now();
+    diesel::insert_into(jobs::table)
+        .values((
+            jobs::queue.eq(job.queue),
+            jobs::job_type.eq(job.job_type),
+            jobs::payload.eq(job.payload),
+            jobs::status.eq(QUEUED),
+            jobs::priority.eq(job.priority),
+            jobs::run_at.eq(job.run_at),
+            jobs::max_attempts.eq(job.max_attempts),
+            jobs::created_at.eq(at),
+            jobs::updated_at.eq(at),
+        ))
+        .returning(jobs::id)
+        .get_result(conn)
+}
+
+/// Claims up to `limit` due jobs of the given types for `worker`, until `lease_until`.
+/// The claim is its own statement and commits before any job runs.
+pub fn claim(
+    conn: &mut DbConnection,
+    worker: &str,
+    job_types: &[&str],
+    limit: i64,
+    at: NaiveDateTime,
+    lease_until: NaiveDateTime,
+) -> QueryResult<Vec<ClaimedJob>> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamp};
+    // Backend arms: PostgreSQL skips rows other workers hold; SQLite runs one writer at a time,
+    // so the single UPDATE … WHERE id IN (SELECT …) is already exclusive.
+    let mut claimed: Vec<ClaimedJob> = match conn {
+        DbConnection::Postgres(c) => diesel::sql_query(
+            "UPDATE jobs SET status = 'running', locked_by = $1, locked_until = $2, \
+                 attempts = attempts + 1, updated_at = $3 \
+             WHERE id IN (SELECT id FROM jobs \
+                 WHERE status = 'queued' AND run_at <= $3 AND job_type = ANY($4) \
+                 ORDER BY priority DESC, run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED) \
+             RETURNING id, job_type, payload, attempts, max_attempts",
+        )
+        .bind::<Text, _>(worker)
+        .bind::<Timestamp, _>(lease_until)
+        .bind::<Timestamp, _>(at)
+        .bind::<Array<Text>, _>(job_types)
+        .bind::<BigInt, _>(limit)
+        .load(c)?,
+        DbConnection::Sqlite(c) => diesel::sql_query(
+            "UPDATE jobs SET status = 'running', locked_by = ?1, locked_until = ?2, \
+                 attempts = attempts + 1, updated_at = ?3 \
+             WHERE id IN (SELECT id FROM jobs \
+                 WHERE status = 'queued' AND run_at <= ?3 \
+                   AND job_type IN (SELECT value FROM json_each(?4)) \
+                 ORDER BY priority DESC, run_at, id LIMIT ?5) \
+             RETURNING id, job_type, payload, attempts, max_attempts",
+        )
+        .bind::<Text, _>(worker)
+        .bind::<Timestamp, _>(lease_until)
+        .bind::<Timestamp, _>(at)
+        .bind::<Text, _>(serde_json::to_string(job_types).unwrap_or_else(|_| "[]".into()))
+        .bind::<BigInt, _>(limit)
+        .load(c)?,
+    };
+    claimed.sort_by_key(|j| j.id);
+    Ok(claimed)
+}
+
+/// Deletes finished jobs still held by `worker`; returns how many were.
+pub fn ack(conn: &mut DbConnection, worker: &str, ids: &[i64]) -> QueryResult<usize> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    diesel::delete(
+        jobs::table
+            .filter(jobs::id.eq_any(ids))
+            .filter(jobs::locked_by.eq(worker))
+            .filter(jobs::status.eq(RUNNING)),
+    )
+    .execute(conn)
+}
+
+/// Puts a failed job back to run at `run_at`; false if `worker` no longer holds it.
+pub fn retry_later(
+    conn: &mut DbConnection,
+    worker: &str,
+    id: i64,
+    run_at: NaiveDateTime,
+    error: &str,
+) -> QueryResult<bool> {
+    let n = diesel::update(held!(id, worker))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::run_at.eq(run_at),
+            jobs::last_error.eq(error),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::updated_at.eq(now()),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Moves a job that cannot succeed to `dead`, keeping its last error.
+pub fn bury(conn: &mut DbConnection, worker: &str, id: i64, error: &str) -> QueryResult<bool> {
+    let n = diesel::update(held!(id, worker))
+        .set((
+            jobs::status.eq(DEAD),
+            jobs::last_error.eq(error),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::updated_at.eq(now()),
+        ))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// Gives back jobs that did not run to the end (shutdown), without counting the attempt.
+pub fn release(conn: &mut DbConnection, worker: &str, ids: &[i64]) -> QueryResult<usize> {
+    diesel::update(
+        jobs::table
+            .filter(jobs::id.eq_any(ids))
+            .filter(jobs::locked_by.eq(worker))
+            .filter(jobs::status.eq(RUNNING)),
+    )
+    .set((
+        jobs::status.eq(QUEUED),
+        jobs::attempts.eq(jobs::attempts - 1),
+        jobs::locked_by.eq(None::<String>),
+        jobs::locked_until.eq(None::<NaiveDateTime>),
+        jobs::updated_at.eq(now()),
+    ))
+    .execute(conn)
+}
+
+/// Renews the lease of every job `worker` holds.
+pub fn extend_leases(
+    conn: &mut DbConnection,
+    worker: &str,
+    until: NaiveDateTime,
+) -> QueryResult<usize> {
+    diesel::update(
+        jobs::table
+            .filter(jobs::locked_by.eq(worker))
+            .filter(jobs::status.eq(RUNNING)),
+    )
+    .set(jobs::locked_until.eq(until))
+    .execute(conn)
+}
+
+/// Returns jobs whose lease ran out (their worker died) to the queue, or to `dead` when that run
+/// was their last attempt. Returns (requeued, buried).
+pub fn recover_expired(conn: &mut DbConnection, at: NaiveDateTime) -> QueryResult<(usize, usize)> {
+    let expired = || {
+        jobs::table
+            .filter(jobs::status.eq(RUNNING))
+            .filter(jobs::locked_until.lt(at))
+    };
+    let buried = diesel::update(expired().filter(jobs::attempts.ge(jobs::max_attempts)))
+        .set((
+            jobs::status.eq(DEAD),
+            jobs::last_error
+                .eq("the worker running this job stopped before it finished (lease expired)"),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    let requeued = diesel::update(expired())
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::run_at.eq(at),
+            jobs::last_error
+                .eq("the worker running this job stopped before it finished (lease expired)"),
+            jobs::locked_by.eq(None::<String>),
+            jobs::locked_until.eq(None::<NaiveDateTime>),
+            jobs::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    Ok((requeued, buried))
+}
+
+// ---- administration (CLI, metrics) ----
+
+pub fn find(conn: &mut DbConnection, id: i64) -> QueryResult<Option<Job>> {
+    jobs::table
+        .find(id)
+        .select(Job::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// Jobs, oldest due first, optionally of one status and job type.
+pub fn list(
+    conn: &mut DbConnection,
+    status: Option<&str>,
+    job_type: Option<&str>,
+    limit: i64,
+) -> QueryResult<Vec<Job>> {
+    let mut query = jobs::table.select(Job::as_select()).into_boxed();
+    if let Some(status) = status {
+        query = query.filter(jobs::status.eq(status.to_owned()));
+    }
+    if let Some(job_type) = job_type {
+        query = query.filter(jobs::job_type.eq(job_type.to_owned()));
+    }
+    query
+        .order((jobs::run_at.asc(), jobs::id.asc()))
+        .limit(limit)
+        .load(conn)
+}
+
+/// Jobs per (status, job type): queue depth for `/metrics` and `herald jobs list`.
+pub fn counts(conn: &mut DbConnection) -> QueryResult<Vec<(String, String, i64)>> {
+    jobs::table
+        .group_by((jobs::status, jobs::job_type))
+        .select((jobs::status, jobs::job_type, diesel::dsl::count_star()))
+        .load(conn)
+}
+
+/// Makes a dead, cancelled or waiting job due now with a fresh set of attempts.
+pub fn retry_now(conn: &mut DbConnection, id: i64) -> QueryResult<usize> {
+    diesel::update(jobs::table.find(id).filter(jobs::status.ne(RUNNING)))
+        .set((
+            jobs::status.eq(QUEUED),
+            jobs::run_at.eq(now()),
+            jobs::attempts.eq(0),
+            jobs::updated_at.eq(now()),
+        ))
+        .execute(conn)
+}
+
+/// Cancels a job that has not started; a running job cannot be cancelled.
+pub fn cancel(conn: &mut DbConnection, id: i64) -> QueryResult<usize> {
+    diesel::update(jobs::table.find(id).filter(jobs::status.eq(QUEUED)))
+        .set((jobs::status.eq(CANCELLED), jobs::updated_at.eq(now())))
+        .execute(conn)
+}

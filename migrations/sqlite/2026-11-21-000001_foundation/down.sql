@@ -1,0 +1,9 @@
+DROP TABLE idempotency_keys;
+DROP TABLE jobs;
+DROP TABLE leads;
+DROP TABLE deals;
+DROP TABLE persons;
+DROP TABLE companies;
+DROP TABLE api_tokens;
+DROP TABLE users;
+DROP TABLE accounts;
