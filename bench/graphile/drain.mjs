@@ -56,9 +56,13 @@ await admin(async (c) => {
 const quiet = new Logger(() => (level, message) => {
   if (level === "error" || level === "warning") console.error(`[graphile-worker ${level}] ${message}`);
 });
-await runMigrations({ connectionString: DATABASE_URL, logger: quiet });
-
-const db = new pg.Pool({ connectionString: DATABASE_URL, max: 2 });
+// One pool, owned by us, for everything (graphile-worker does not await the
+// end() of pools it creates itself, which races with the final DROP DATABASE).
+// One connection per worker slot + LISTEN client + addJob + our own queries.
+const db = new pg.Pool({ connectionString: DATABASE_URL, max: CONCURRENCY + 3 });
+db.on("error", (e) => console.error(`idle pg client error: ${e.message}`));
+db.on("connect", (c) => c.on("error", (e) => console.error(`pg client error: ${e.message}`)));
+await runMigrations({ pgPool: db, logger: quiet });
 const countJobs = async () =>
   (await db.query("select count(*)::int as n from graphile_worker._private_jobs")).rows[0].n;
 if ((await countJobs()) !== 0) {
@@ -104,14 +108,13 @@ const taskList = {
 
 const t0 = performance.now();
 const runner = await run({
+  pgPool: db,
   taskList,
   noHandleSignals: true,
   events,
   preset: {
     worker: {
-      connectionString: DATABASE_URL,
       concurrentJobs: CONCURRENCY,
-      maxPoolSize: CONCURRENCY + 2, // one per worker slot + LISTEN client + addJob
       logger: quiet,
       localQueue: { size: -1 },     // unbatched: no pool-level job prefetch
       completeJobBatchDelay: -1,    // unbatched: complete each job individually
@@ -124,7 +127,7 @@ while ((await countJobs()) !== 0) await sleep(2);
 const seconds = (performance.now() - t0) / 1000;
 
 // --- phase 2: enqueue-to-start latency ---------------------------------------
-const utils = await makeWorkerUtils({ connectionString: DATABASE_URL, logger: quiet });
+const utils = await makeWorkerUtils({ pgPool: db, logger: quiet });
 const tLat = performance.now();
 for (let i = 0; i < LAT_JOBS; i++) {
   const due = tLat + (i * 1000) / LAT_RATE;

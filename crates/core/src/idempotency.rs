@@ -145,3 +145,27 @@ pub fn purge_expired(conn: &mut DbConnection) -> QueryResult<usize> {
     diesel::delete(idempotency_keys::table.filter(idempotency_keys::created_at.lt(now() - KEY_TTL)))
         .execute(conn)
 }
+
+/// Runs `work` in a write transaction, guarded by `key` when the client sent one. Returns the
+/// response and whether it is a replay of an earlier request.
+pub fn run_idempotent<E>(
+    conn: &mut DbConnection,
+    key: Option<&IdempotencyKey>,
+    work: impl FnOnce(&mut DbConnection) -> Result<StoredResponse, E>,
+) -> Result<(StoredResponse, bool), E>
+where
+    E: From<CoreError> + From<diesel::result::Error>,
+{
+    conn.write(|conn| {
+        if let Some(key) = key
+            && let Some(stored) = key.begin(conn)?
+        {
+            return Ok((stored, true));
+        }
+        let response = work(conn)?;
+        if let Some(key) = key {
+            key.complete(conn, &response)?;
+        }
+        Ok((response, false))
+    })
+}

@@ -1,6 +1,7 @@
 //! Timestamps are stored as UTC `NaiveDateTime` and shown as RFC 3339 with `Z`.
 
-use chrono::{DateTime, NaiveDateTime, SubsecRound, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
+pub use chrono::{NaiveDateTime, TimeDelta};
 use serde::Serializer;
 
 /// Now, truncated to microseconds so a value read back from either database compares equal.

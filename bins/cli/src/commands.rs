@@ -1,0 +1,297 @@
+//! The commands, and the one place errors become messages and exit codes.
+
+use std::process::ExitCode;
+
+use herald_core::crypto::SecretKey;
+use herald_core::db::{migration_status, revert_last_migration, run_migrations};
+use herald_core::domain::Plan;
+use herald_core::identity::{Account, ApiToken, NewUser, User};
+use herald_core::{BackendKind, Config, CoreError, Db};
+use herald_scheduler::{SchedulerError, cancel_job, retry_job, storage};
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+
+use crate::{AccountCommand, Cli, Command, JobsCommand, TokenCommand, UserCommand};
+
+/// What a command prints: a line for people and an object for `--json`.
+pub struct Output {
+    text: String,
+    json: Value,
+}
+
+impl Output {
+    fn new(text: impl Into<String>, json: Value) -> Self {
+        Output {
+            text: text.into(),
+            json,
+        }
+    }
+
+    pub fn print(&self, json: bool) {
+        if json {
+            println!("{}", self.json);
+        } else {
+            println!("{}", self.text);
+        }
+    }
+}
+
+/// A doctor check that failed: printed like any output, but the exit code is non-zero.
+#[derive(Debug, thiserror::Error)]
+#[error("{summary}")]
+struct DoctorFailed {
+    summary: String,
+    report: Value,
+}
+
+pub fn run(cli: Cli) -> anyhow::Result<Output> {
+    if let Command::Keygen = cli.command {
+        let key = SecretKey::generate_base64();
+        return Ok(Output::new(key.clone(), json!({ "key": key })));
+    }
+    let config = Config::load(cli.config.as_deref())?;
+    if let Command::Doctor = cli.command {
+        return doctor(&config);
+    }
+    let db = Db::open(&config.database()?, 2)?;
+    let mut conn = db.get()?;
+    let conn = &mut *conn;
+    match cli.command {
+        Command::Keygen | Command::Doctor => unreachable_command(),
+        Command::Migrate { revert: false } => {
+            let applied = run_migrations(conn)?;
+            let text = if applied.is_empty() {
+                "migrations are current".to_owned()
+            } else {
+                format!("applied {}", applied.join(", "))
+            };
+            Ok(Output::new(text, json!({ "applied": applied })))
+        }
+        Command::Migrate { revert: true } => {
+            let reverted = revert_last_migration(conn)?;
+            Ok(Output::new(
+                format!("reverted {reverted}"),
+                json!({ "reverted": reverted }),
+            ))
+        }
+        Command::Account(AccountCommand::Create { name, plan }) => {
+            let plan: Plan = plan.parse()?;
+            let account = Account::create(conn, &name, plan)?;
+            Ok(Output::new(
+                format!(
+                    "created account {} ({}, plan {})",
+                    account.id, account.name, account.plan
+                ),
+                json!({ "id": account.id, "name": account.name, "plan": account.plan }),
+            ))
+        }
+        Command::User(UserCommand::Create {
+            account,
+            email,
+            name,
+            admin,
+        }) => {
+            let role = if admin { "admin" } else { "member" };
+            let user = User::create(
+                conn,
+                account,
+                &NewUser {
+                    email,
+                    name,
+                    role: Some(role.into()),
+                },
+            )?;
+            Ok(Output::new(
+                format!("created user {} ({}, {})", user.id, user.email, user.role),
+                json!({ "id": user.id, "email": user.email, "role": user.role, "account_id": user.account_id }),
+            ))
+        }
+        Command::Token(TokenCommand::Create { user, name }) => {
+            let (token, secret) = ApiToken::create(conn, user, &name)?;
+            // Printed once, on purpose: only its hash is stored.
+            let secret = secret.expose_secret().to_owned();
+            Ok(Output::new(
+                secret.clone(),
+                json!({ "token": secret, "id": token.id, "user_id": token.user_id }),
+            ))
+        }
+        Command::Token(TokenCommand::Revoke { token }) => {
+            let revoked = ApiToken::revoke(conn, &token)?;
+            let text = if revoked {
+                "token revoked"
+            } else {
+                "token was already revoked"
+            };
+            Ok(Output::new(text, json!({ "revoked": revoked })))
+        }
+        Command::Jobs(JobsCommand::List {
+            status,
+            job_type,
+            limit,
+        }) => {
+            let jobs = storage::list(
+                conn,
+                status.as_deref(),
+                job_type.as_deref(),
+                limit.clamp(1, 10_000),
+            )
+            .map_err(CoreError::from)?;
+            let mut text = format!(
+                "{:>8}  {:<10} {:<28} {:>8}  {:<25} last error",
+                "id", "status", "type", "attempts", "run at"
+            );
+            for job in &jobs {
+                text.push_str(&format!(
+                    "\n{:>8}  {:<10} {:<28} {:>4}/{:<3}  {:<25} {}",
+                    job.id,
+                    job.status,
+                    job.job_type,
+                    job.attempts,
+                    job.max_attempts,
+                    herald_core::time::to_rfc3339(&job.run_at),
+                    job.last_error.as_deref().unwrap_or("")
+                ));
+            }
+            if jobs.is_empty() {
+                text = "no jobs".into();
+            }
+            Ok(Output::new(text, json!({ "jobs": jobs })))
+        }
+        Command::Jobs(JobsCommand::Retry { id }) => {
+            let job = retry_job(conn, id)?;
+            Ok(Output::new(
+                format!("job {id} is queued to run now"),
+                json!({ "job": job }),
+            ))
+        }
+        Command::Jobs(JobsCommand::Cancel { id }) => {
+            let job = cancel_job(conn, id)?;
+            Ok(Output::new(
+                format!("job {id} cancelled"),
+                json!({ "job": job }),
+            ))
+        }
+    }
+}
+
+fn unreachable_command() -> anyhow::Result<Output> {
+    anyhow::bail!("internal error: command handled earlier")
+}
+
+fn doctor(config: &Config) -> anyhow::Result<Output> {
+    let mut checks = Vec::new();
+    let mut failed = false;
+    let mut check = |name: &str, result: Result<String, String>| {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        failed |= !ok;
+        checks.push(json!({ "check": name, "ok": ok, "detail": detail }));
+    };
+    let url = config.database();
+    check(
+        "config",
+        url.as_ref()
+            .map(|u| format!("database {u}"))
+            .map_err(|e| e.to_string()),
+    );
+    let key = match (&config.secret_key, url.as_ref().map(|u| u.backend())) {
+        (Some(k), _) => SecretKey::from_base64(k.expose_secret())
+            .map(|_| "secret key configured".to_owned())
+            .map_err(|e| e.to_string()),
+        (None, Ok(BackendKind::Postgres)) => {
+            Err("HERALD_SECRET_KEY is not set; it is required with PostgreSQL".to_owned())
+        }
+        (None, _) => Ok(format!(
+            "secret key kept in {}",
+            config.data_dir.join("secret.key").display()
+        )),
+    };
+    check("secret_key", key);
+    if let Ok(url) = &url {
+        match url.connect() {
+            Ok(mut conn) => {
+                check(
+                    "database",
+                    Ok(format!("{} reachable", url.backend().as_str())),
+                );
+                let migrations = migration_status(&mut conn)
+                    .map_err(|e| e.to_string())
+                    .and_then(|s| {
+                        if s.pending.is_empty() {
+                            Ok(format!("{} applied, none pending", s.applied.len()))
+                        } else {
+                            Err(format!(
+                                "pending: {} (run `herald migrate`)",
+                                s.pending.join(", ")
+                            ))
+                        }
+                    });
+                check("migrations", migrations);
+            }
+            Err(e) => check("database", Err(format!("cannot connect to {url}: {e}"))),
+        }
+    }
+    let text = checks
+        .iter()
+        .map(|c| {
+            format!(
+                "{} {}: {}",
+                if c["ok"] == true { "ok  " } else { "FAIL" },
+                c["check"].as_str().unwrap_or(""),
+                c["detail"].as_str().unwrap_or("")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let report = json!({ "ok": !failed, "checks": checks });
+    if failed {
+        return Err(DoctorFailed {
+            summary: text,
+            report,
+        }
+        .into());
+    }
+    Ok(Output::new(text, report))
+}
+
+/// Maps an error to a message and an exit code: 1 failure, 3 not found, 4 invalid input,
+/// 5 conflict, 6 unavailable.
+pub fn report(error: &anyhow::Error, json: bool) -> ExitCode {
+    if let Some(doctor) = error.downcast_ref::<DoctorFailed>() {
+        if json {
+            println!("{}", doctor.report);
+        } else {
+            println!("{}", doctor.summary);
+        }
+        return ExitCode::from(1);
+    }
+    let core = error.downcast_ref::<CoreError>().or_else(|| {
+        match error.downcast_ref::<SchedulerError>() {
+            Some(SchedulerError::Core(c)) => Some(c),
+            _ => None,
+        }
+    });
+    let (code, exit) = match (core, error.downcast_ref::<SchedulerError>()) {
+        (Some(CoreError::NotFound { .. }), _) | (_, Some(SchedulerError::NotFound(_))) => {
+            ("not_found", 3)
+        }
+        (Some(CoreError::Invalid { .. }), _) => ("validation_failed", 4),
+        (Some(CoreError::Config(_)), _) => ("config", 4),
+        (Some(CoreError::Conflict { code, .. }), _) => (*code, 5),
+        (_, Some(SchedulerError::InvalidState { .. })) => ("invalid_state", 5),
+        (Some(CoreError::Unavailable(_)), _) => ("unavailable", 6),
+        _ => ("error", 1),
+    };
+    let message = format!("{error:#}");
+    if json {
+        println!(
+            "{}",
+            json!({ "error": { "code": code, "message": message } })
+        );
+    } else {
+        eprintln!("herald: {message}");
+    }
+    ExitCode::from(exit)
+}

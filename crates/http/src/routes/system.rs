@@ -1,0 +1,64 @@
+//! Liveness, readiness and Prometheus metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use herald_core::db::migration_status;
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// The process is up.
+#[utoipa::path(get, path = "/healthz", tag = "system", responses((status = 200, description = "alive")))]
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// The database answers and its migrations are current.
+#[utoipa::path(get, path = "/readyz", tag = "system",
+    responses((status = 200, description = "ready"), (status = 503, description = "not ready, with the reason")))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let check = state.db.run(|conn| migration_status(conn)).await;
+    match check {
+        Ok(status) if status.pending.is_empty() => Json(json!({"status": "ready"})).into_response(),
+        Ok(status) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": "pending migrations", "pending": status.pending})),
+        )
+            .into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not_ready", "reason": e.to_string()})),
+        )
+            .into_response(),
+    }
+}
+
+/// Prometheus text format: HTTP latency, job outcomes and queue depth.
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format")))]
+pub async fn metrics(State(state): State<AppState>) -> Response {
+    // Queue depth is read at scrape time, so it is right whichever process changed the queue.
+    if let Ok(counts) = state
+        .db
+        .run(|conn| Ok::<_, herald_core::CoreError>(herald_scheduler::storage::counts(conn)?))
+        .await
+    {
+        for status in herald_scheduler::storage::STATUSES {
+            let total: i64 = counts
+                .iter()
+                .filter(|(s, _, _)| s == status)
+                .map(|(_, _, n)| n)
+                .sum();
+            metrics::gauge!("herald_queue_jobs", "status" => *status).set(total as f64);
+        }
+    }
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
