@@ -169,6 +169,16 @@ pub struct PassStats {
     pub released: usize,
 }
 
+impl PassStats {
+    fn add(&mut self, other: PassStats) {
+        self.claimed += other.claimed;
+        self.succeeded += other.succeeded;
+        self.retried += other.retried;
+        self.dead += other.dead;
+        self.released += other.released;
+    }
+}
+
 enum Outcome {
     Done,
     Failed(JobError),
@@ -209,23 +219,33 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         info!("job runner stopped");
     }
 
-    /// Runs until no job is due, then returns (tests, `herald jobs` maintenance).
+    /// Runs the worker loops until no job is due, then returns what they did (tests, benchmarks,
+    /// maintenance). Jobs made due while it runs are picked up if a loop is still claiming.
     pub async fn run_until_empty(&self) -> PassStats {
-        let worker = format!("{}-drain", self.inner.instance);
-        let never = CancellationToken::new();
-        let mut total = PassStats::default();
-        loop {
-            self.recover_expired().await;
-            let stats = self.pass(&worker, &never).await;
-            if stats.claimed == 0 {
-                return total;
-            }
-            total.claimed += stats.claimed;
-            total.succeeded += stats.succeeded;
-            total.retried += stats.retried;
-            total.dead += stats.dead;
-            total.released += stats.released;
+        self.recover_expired().await;
+        let mut loops = JoinSet::new();
+        for n in 0..self.inner.settings.workers {
+            let worker = format!("{}-drain-{n}", self.inner.instance);
+            let this = self.clone();
+            loops.spawn(async move {
+                let never = CancellationToken::new();
+                let mut total = PassStats::default();
+                loop {
+                    let stats = this.pass(&worker, &never).await;
+                    if stats.claimed == 0 {
+                        return total;
+                    }
+                    total.add(stats);
+                }
+            });
         }
+        let mut total = PassStats::default();
+        while let Some(stats) = loops.join_next().await {
+            if let Ok(stats) = stats {
+                total.add(stats);
+            }
+        }
+        total
     }
 
     async fn worker_loop(&self, worker: String, shutdown: CancellationToken) {
