@@ -6,7 +6,7 @@ use herald_core::crypto::SecretKey;
 use herald_core::db::{migration_status, revert_last_migration, run_migrations};
 use herald_core::domain::Plan;
 use herald_core::identity::{Account, ApiToken, NewUser, User};
-use herald_core::{BackendKind, Config, CoreError, Db};
+use herald_core::{BackendKind, Config, CoreError};
 use herald_scheduler::{SchedulerError, cancel_job, retry_job, storage};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
@@ -53,9 +53,12 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
     if let Command::Doctor = cli.command {
         return doctor(&config);
     }
-    let db = Db::open(&config.database()?, 2)?;
-    let mut conn = db.get()?;
-    let conn = &mut *conn;
+    // One connection, no pool: a pool's background threads outlive a short command.
+    let url = config.database()?;
+    let mut conn = url
+        .connect()
+        .map_err(|e| CoreError::Unavailable(format!("cannot connect to {url}: {e}")))?;
+    let conn = &mut conn;
     match cli.command {
         Command::Keygen | Command::Doctor => unreachable_command(),
         Command::Migrate { revert: false } => {

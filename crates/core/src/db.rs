@@ -296,7 +296,10 @@ impl Db {
         }
         let pool = r2d2::Pool::builder()
             .max_size(max_size)
-            .min_idle(Some(1))
+            // Connections are opened on demand by r2d2's threads; keeping none in reserve means no
+            // background connect is in flight when a short-lived process (the CLI) exits, which
+            // with libpq's OpenSSL can crash in its exit handlers.
+            .min_idle(Some(0))
             .connection_timeout(Duration::from_secs(10))
             .build(ConnectionManager { url: url.clone() })
             .map_err(|e| CoreError::Unavailable(format!("cannot connect to {url}: {e}")))?;
