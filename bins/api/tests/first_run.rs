@@ -1,6 +1,8 @@
 //! The real `herald-api` binary: first run on an empty SQLite database, and the switches that
 //! turn the bootstrap off.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;

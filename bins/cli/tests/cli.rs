@@ -1,6 +1,8 @@
 //! The real `herald` binary on both backends: `--json` output, exit codes, and the queue
 //! commands.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::process::Command;
 
 use herald_testdb::{TestDb, backend_tests};

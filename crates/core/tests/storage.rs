@@ -1,5 +1,7 @@
 //! Storage behaviour on both backends: migrations, scoping, validation, tokens, idempotency.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use herald_core::db::{migration_status, revert_last_migration, run_migrations};
 use herald_core::domain::Plan;
 use herald_core::idempotency::{IdempotencyKey, StoredResponse};

@@ -1,5 +1,7 @@
 //! The API over real HTTP on port 0, on both backends.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use herald_core::Config;

@@ -257,7 +257,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 continue;
             }
             // Idle: recover expired leases now and then, and wait for a wake-up or the next poll.
-            if idle_rounds % 20 == 0 {
+            if idle_rounds.is_multiple_of(20) {
                 self.recover_expired().await;
             }
             idle_rounds = idle_rounds.wrapping_add(1);

@@ -1,6 +1,8 @@
 //! The job queue on both backends: claims, leases, retries, dead-lettering, shutdown, and two
 //! processes sharing one PostgreSQL queue.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex};

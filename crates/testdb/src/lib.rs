@@ -125,11 +125,10 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        if let Guard::Postgres { admin_url, name } = &self.guard {
-            if let Ok(mut admin) = diesel::PgConnection::establish(admin_url) {
-                let _ =
-                    admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
-            }
+        if let Guard::Postgres { admin_url, name } = &self.guard
+            && let Ok(mut admin) = diesel::PgConnection::establish(admin_url)
+        {
+            let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
         }
     }
 }

@@ -19,7 +19,7 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, description = "ready"), (status = 503, description = "not ready, with the reason")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let check = state.db.run(|conn| migration_status(conn)).await;
+    let check = state.db.run(migration_status).await;
     match check {
         Ok(status) if status.pending.is_empty() => Json(json!({"status": "ready"})).into_response(),
         Ok(status) => (
