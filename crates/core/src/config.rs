@@ -223,3 +223,66 @@ impl fmt::Debug for Config {
             .finish()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::result_large_err)] // figment's Jail closures return its own error type
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn env_overrides_the_file_and_nested_keys_use_double_underscores() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "herald.toml",
+                "listen = \"0.0.0.0:9000\"\npublic_url = \"https://herald.example.com/\"\n[queue]\nworkers = 3\nbatch_size = 7\n",
+            )?;
+            jail.set_env("HERALD_QUEUE__WORKERS", "5");
+            jail.set_env("HERALD_DATABASE_URL", "postgres://herald:s3cret@db/herald");
+            let config = Config::load(Some(Path::new("herald.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.listen.to_string(), "0.0.0.0:9000");
+            assert_eq!((config.queue.workers, config.queue.batch_size), (5, 7));
+            assert_eq!(config.public_url(), "https://herald.example.com");
+            assert_eq!(config.database().unwrap().backend(), BackendKind::Postgres);
+            assert!(
+                !config.embedded_worker() && !config.bootstrap(),
+                "PostgreSQL defaults"
+            );
+            let shown = format!("{config:?}");
+            assert!(!shown.contains("s3cret"), "{shown}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn defaults_run_on_sqlite_in_the_data_dir() {
+        Jail::expect_with(|_| {
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                config.database().unwrap(),
+                DatabaseUrl::Sqlite(PathBuf::from("./data/herald.db"))
+            );
+            assert!(config.embedded_worker() && config.bootstrap());
+            assert_eq!(config.listen.to_string(), "127.0.0.1:8080");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_are_config_errors_that_say_what_is_wrong() {
+        Jail::expect_with(|jail| {
+            jail.set_env("HERALD_DATABASE_URL", "mysql://x");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("postgres:// or sqlite://"), "{err}");
+            jail.set_env("HERALD_DATABASE_URL", "sqlite://x.db");
+            jail.set_env("HERALD_LISTEN", "not-an-address");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.to_lowercase().contains("listen"), "{err}");
+            Ok(())
+        });
+        let err = Config::load(Some(Path::new("/nonexistent/herald.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
+}

@@ -1,9 +1,4 @@
-//! Herald's core domain: storage on PostgreSQL and SQLite, accounts, users, API tokens, CRM
-//! records (persons, companies, deals, leads), timelines, idempotency keys, configuration and
-//! secret encryption.
-//!
-//! It owns the tables it names and their queries. It must not know HTTP, run network I/O, or
-//! depend on the mail, inbox or scheduler crates: those build on it.
+#![doc = include_str!("../README.md")]
 
 pub mod config;
 pub mod crypto;

@@ -96,7 +96,6 @@ diesel::table! {
         job_type -> Text,
         payload -> Text,
         status -> Text,
-        priority -> SmallInt,
         run_at -> Timestamp,
         attempts -> Integer,
         max_attempts -> Integer,

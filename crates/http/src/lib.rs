@@ -1,8 +1,4 @@
-//! Herald's HTTP API: the axum router, bearer authentication, problem+json errors, cursor
-//! pagination, Prometheus metrics and the OpenAPI document generated from the handlers.
-//!
-//! It holds no domain rules: handlers parse the request, call a domain crate and shape the
-//! response. Errors become problems in one place (`error.rs`).
+#![doc = include_str!("../README.md")]
 
 pub mod error;
 pub mod extract;

@@ -1,8 +1,4 @@
-//! Composition shared by `herald-api`, `herald-worker` and `herald`: configuration, logging,
-//! start-up (migrations), the registry of every job type, and shutdown on SIGTERM/SIGINT.
-//!
-//! Adding a job type means registering it in [`job_runner`]; both the standalone worker and the
-//! API's embedded worker then run it.
+#![doc = include_str!("../README.md")]
 
 pub mod maintenance;
 

@@ -30,7 +30,6 @@ impl PurgeIdempotencyKeys {
 impl BackgroundJob for PurgeIdempotencyKeys {
     const JOB_NAME: &'static str = "purge_idempotency_keys";
     const QUEUE: &'static str = "maintenance";
-    const PRIORITY: i16 = -10;
     type Context = JobContext;
 
     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {

@@ -17,8 +17,6 @@ pub trait BackgroundJob: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// A label for operators (`herald jobs list --queue`); every runner claims every queue whose
     /// job types it has registered.
     const QUEUE: &'static str = "default";
-    /// Runs after every job of a lower priority that is due.
-    const PRIORITY: i16 = 0;
     /// Runs in total, the first included, before the job goes to `dead`.
     const MAX_ATTEMPTS: i32 = 10;
 
@@ -45,7 +43,6 @@ pub trait BackgroundJob: Serialize + DeserializeOwned + Send + Sync + 'static {
                 job_type: Self::JOB_NAME,
                 queue: Self::QUEUE,
                 payload: &payload,
-                priority: Self::PRIORITY,
                 max_attempts: Self::MAX_ATTEMPTS,
                 run_at,
             },

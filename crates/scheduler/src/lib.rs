@@ -1,11 +1,4 @@
-//! Herald's durable job queue: jobs are rows in the `jobs` table, enqueued in the caller's
-//! transaction, claimed with a lease (`FOR UPDATE SKIP LOCKED` on PostgreSQL), retried with capped
-//! exponential backoff and kept as `dead` with their last error when they cannot succeed.
-//! `run_at` serves both scheduled work (a send at 9:00) and retry backoff.
-//!
-//! It is generic: domain crates implement [`BackgroundJob`] and binaries register them on a
-//! [`Runner`]. It must not know any domain job, and it never holds a transaction open while a
-//! job runs.
+#![doc = include_str!("../README.md")]
 
 pub mod error;
 pub mod job;

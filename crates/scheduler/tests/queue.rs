@@ -12,7 +12,7 @@ use chrono::TimeDelta;
 use diesel::{Connection, ExpressionMethods, QueryDsl, RunQueryDsl};
 use herald_core::schema::jobs;
 use herald_core::time::now;
-use herald_scheduler::storage::{self, DEAD, QUEUED, RUNNING};
+use herald_scheduler::storage::{self, DEAD, NewJob, QUEUED, RUNNING};
 use herald_scheduler::{BackgroundJob, JobError, Runner, RunnerSettings};
 use herald_testdb::{TestDb, backend_tests};
 use serde::{Deserialize, Serialize};
@@ -434,7 +434,38 @@ async fn cancelled_job_does_not_run_and_a_running_one_cannot_be_cancelled(test: 
     assert_eq!(job.status, "cancelled");
 }
 
+async fn batch_enqueue_stores_every_job_across_chunks(test: TestDb) {
+    let payload = serde_json::to_string(&Probe {
+        n: 1,
+        behaviour: Behaviour::Succeed,
+    })
+    .unwrap();
+    let at = now();
+    let batch: Vec<NewJob> = (0..1_234)
+        .map(|_| NewJob {
+            job_type: Probe::JOB_NAME,
+            queue: "default",
+            payload: &payload,
+            max_attempts: 3,
+            run_at: at,
+        })
+        .collect();
+    let mut conn = test.connect();
+    assert_eq!(
+        conn.write(|conn| storage::enqueue_batch(conn, &batch))
+            .unwrap(),
+        1_234
+    );
+    let queued: i64 = jobs::table
+        .filter(jobs::status.eq(QUEUED))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(queued, 1_234);
+}
+
 backend_tests!(
+    batch_enqueue_stores_every_job_across_chunks,
     claimed_job_is_invisible_to_other_workers,
     job_is_not_claimed_before_its_run_at,
     job_enqueued_in_a_rolled_back_transaction_never_runs,

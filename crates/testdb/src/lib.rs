@@ -1,12 +1,4 @@
-//! Test databases for Herald's storage, queue and API tests.
-//!
-//! PostgreSQL: a fresh database per test, cloned from a template that is migrated once per
-//! migration set (`CREATE DATABASE … TEMPLATE …` takes milliseconds), and dropped when the test
-//! ends. SQLite: a migrated file in a temp folder. [`backend_tests!`] runs one test body on both.
-//!
-//! The PostgreSQL server comes from `HERALD_TEST_POSTGRES_URL` (default
-//! `postgres://postgres@127.0.0.1:5432/postgres`); `scripts/test.sh` makes sure one is running.
-
+#![doc = include_str!("../README.md")]
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::hash::{DefaultHasher, Hash, Hasher};
