@@ -8,60 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
-die() { printf '\033[1;31m[test] %s\033[0m\n' "$*" >&2; exit 1; }
-
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then "$@";
-    elif command -v sudo >/dev/null; then sudo "$@";
-    else die "need root to run: $*"; fi
-}
-
-export HERALD_TEST_POSTGRES_URL="${HERALD_TEST_POSTGRES_URL:-postgres://postgres@127.0.0.1:5432/postgres}"
-
-pg_up() {
-    command -v psql >/dev/null && psql "$HERALD_TEST_POSTGRES_URL" -Atqc 'SELECT 1' >/dev/null 2>&1
-}
-
-start_debian_clusters() {
-    command -v pg_lsclusters >/dev/null || return 0
-    pg_lsclusters --no-header 2>/dev/null | while read -r version cluster _port status _rest; do
-        if [ "$status" != "online" ]; then
-            log "starting PostgreSQL cluster $version/$cluster"
-            as_root pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" start || true
-        fi
-    done
-}
-
-ensure_postgres() {
-    if pg_up; then log "PostgreSQL is up"; return; fi
-    start_debian_clusters
-    for _ in $(seq 1 20); do pg_up && { log "PostgreSQL is up"; return; }; sleep 0.5; done
-    if ! command -v pg_ctlcluster >/dev/null; then
-        log "PostgreSQL is not installed: installing it from Debian's packages"
-        as_root apt-get update -qq
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql postgresql-client >/dev/null
-        start_debian_clusters
-    fi
-    for _ in $(seq 1 40); do pg_up && break; sleep 0.5; done
-    if ! pg_up && [ "$HERALD_TEST_POSTGRES_URL" = "postgres://postgres@127.0.0.1:5432/postgres" ]; then
-        # A fresh Debian cluster asks for a password on TCP: give the postgres role one.
-        log "setting a password for the local postgres role"
-        as_root runuser -u postgres -- psql -qc "ALTER ROLE postgres PASSWORD 'postgres'" >/dev/null
-        export HERALD_TEST_POSTGRES_URL="postgres://postgres:postgres@127.0.0.1:5432/postgres"
-    fi
-    pg_up || die "PostgreSQL is not reachable at $HERALD_TEST_POSTGRES_URL and could not be started"
-    log "PostgreSQL is up"
-}
-
-# Test databases left by a run that was killed (each test drops its own when it ends).
-drop_stale_test_databases() {
-    psql "$HERALD_TEST_POSTGRES_URL" -Atqc \
-        "SELECT datname FROM pg_database WHERE datname LIKE 'herald_test_%'" 2>/dev/null |
-    while read -r db; do
-        psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
-    done
-}
+. scripts/lib.sh
 
 ensure_postgres
 drop_stale_test_databases

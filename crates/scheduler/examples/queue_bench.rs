@@ -33,7 +33,7 @@ struct Args {
     /// Jobs claimed per round trip.
     #[arg(long, default_value_t = 16)]
     batch: i64,
-    /// Jobs of the latency phase, enqueued one per transaction at `--rate` per second.
+    /// Jobs of the latency phase, enqueued one per transaction at `--rate` per second; 0 skips it.
     #[arg(long, default_value_t = 2_000)]
     latency_jobs: usize,
     #[arg(long, default_value_t = 500)]
@@ -134,6 +134,9 @@ async fn main() {
         })
     );
 
+    if args.latency_jobs == 0 {
+        return;
+    }
     // Latency: a running worker, jobs enqueued one per transaction at a steady rate.
     let token = CancellationToken::new();
     let handle = tokio::spawn({

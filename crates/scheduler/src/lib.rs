@@ -2,6 +2,7 @@
 
 pub mod error;
 pub mod job;
+pub mod listener;
 pub mod runner;
 pub mod storage;
 

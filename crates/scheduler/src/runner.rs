@@ -11,7 +11,7 @@ use herald_core::Db;
 use herald_core::config::QueueConfig;
 use herald_core::time::now;
 use rand::Rng;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -23,9 +23,17 @@ use crate::storage::{self, ClaimedJob};
 type RunFuture = Pin<Box<dyn Future<Output = Result<(), JobError>> + Send>>;
 type RunFn<C> = Arc<dyn Fn(C, &str) -> Result<RunFuture, JobError> + Send + Sync>;
 
-/// Wakes idle workers of this process at once after an enqueue (other processes poll).
-#[derive(Clone, Debug, Default)]
-pub struct QueueWaker(Arc<Notify>);
+/// Wakes idle workers of this process at once after an enqueue; on PostgreSQL the listener
+/// calls it for enqueues made by other processes. A wake-up that arrives while a worker is busy is
+/// not lost: the worker sees it when it next goes idle.
+#[derive(Clone, Debug)]
+pub struct QueueWaker(Arc<watch::Sender<u64>>);
+
+impl Default for QueueWaker {
+    fn default() -> Self {
+        QueueWaker(Arc::new(watch::Sender::new(0)))
+    }
+}
 
 impl QueueWaker {
     pub fn new() -> Self {
@@ -33,11 +41,12 @@ impl QueueWaker {
     }
 
     pub fn wake(&self) {
-        self.0.notify_waiters();
+        self.0
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
     }
 
-    async fn woken(&self) {
-        self.0.notified().await;
+    fn subscribe(&self) -> watch::Receiver<u64> {
+        self.0.subscribe()
     }
 }
 
@@ -207,6 +216,11 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
     /// Runs the worker loops until `shutdown` is cancelled, then lets in-flight jobs finish for
     /// the grace period and releases the rest.
     pub async fn run(&self, shutdown: CancellationToken) {
+        let listener = crate::listener::spawn(
+            self.inner.db.url().clone(),
+            self.inner.waker.clone(),
+            shutdown.clone(),
+        );
         let mut loops = JoinSet::new();
         for n in 0..self.inner.settings.workers {
             let worker = format!("{}-{n}", self.inner.instance);
@@ -216,6 +230,9 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         }
         info!(workers = self.inner.settings.workers, job_types = ?self.inner.job_types, "job runner started");
         while loops.join_next().await.is_some() {}
+        if let Some(listener) = listener {
+            let _ = tokio::task::spawn_blocking(move || listener.join()).await;
+        }
         info!("job runner stopped");
     }
 
@@ -249,6 +266,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
     }
 
     async fn worker_loop(&self, worker: String, shutdown: CancellationToken) {
+        let mut wake_ups = self.inner.waker.subscribe();
         let mut idle_rounds: u32 = 0;
         while !shutdown.is_cancelled() {
             let stats = self.pass(&worker, &shutdown).await;
@@ -263,7 +281,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             idle_rounds = idle_rounds.wrapping_add(1);
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = self.inner.waker.woken() => {}
+                _ = wake_ups.changed() => {}
                 _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
             }
         }

@@ -464,7 +464,68 @@ async fn batch_enqueue_stores_every_job_across_chunks(test: TestDb) {
     assert_eq!(queued, 1_234);
 }
 
+/// Waits for `n` runs of job `job`, for at most `limit`.
+async fn runs_within(ctx: &Ctx, job: i64, limit: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if ctx.runs_of(job) > 0 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// With a poll interval of a minute, only a wake-up can start a job within seconds.
+fn sleepy_settings() -> RunnerSettings {
+    RunnerSettings {
+        poll_interval: Duration::from_secs(60),
+        ..fast_settings()
+    }
+}
+
+async fn an_enqueue_in_this_process_wakes_idle_workers(test: TestDb) {
+    let ctx = Ctx::default();
+    let runner = runner(&test, ctx.clone(), sleepy_settings());
+    let token = CancellationToken::new();
+    let handle = tokio::spawn({
+        let (runner, token) = (runner.clone(), token.clone());
+        async move { runner.run(token).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await; // idle, waiting
+    enqueue(&test, 1, Behaviour::Succeed);
+    runner.waker().wake();
+    assert!(
+        runs_within(&ctx, 1, Duration::from_secs(10)).await,
+        "woken at once, not after the poll"
+    );
+    token.cancel();
+    handle.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_enqueued_by_another_process_wakes_idle_workers_on_postgres() {
+    let test = TestDb::postgres();
+    let ctx = Ctx::default();
+    let runner = runner(&test, ctx.clone(), sleepy_settings());
+    let token = CancellationToken::new();
+    let handle = tokio::spawn({
+        let (runner, token) = (runner.clone(), token.clone());
+        async move { runner.run(token).await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await; // idle, listening
+    // Another connection, no in-process wake-up: only NOTIFY can tell the runner.
+    enqueue(&test, 1, Behaviour::Succeed);
+    assert!(
+        runs_within(&ctx, 1, Duration::from_secs(10)).await,
+        "woken by NOTIFY, not after the poll"
+    );
+    token.cancel();
+    handle.await.unwrap();
+}
+
 backend_tests!(
+    an_enqueue_in_this_process_wakes_idle_workers,
     batch_enqueue_stores_every_job_across_chunks,
     claimed_job_is_invisible_to_other_workers,
     job_is_not_claimed_before_its_run_at,

@@ -1,5 +1,6 @@
 DROP TABLE idempotency_keys;
 DROP TABLE jobs;
+DROP FUNCTION herald_jobs_notify();
 DROP TABLE leads;
 DROP TABLE deals;
 DROP TABLE persons;

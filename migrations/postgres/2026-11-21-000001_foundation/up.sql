@@ -111,6 +111,15 @@ ALTER TABLE jobs SET (
     autovacuum_vacuum_cost_delay = 0
 );
 
+-- Wakes idle workers in every process when jobs are added (herald_scheduler::listener).
+CREATE FUNCTION herald_jobs_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('herald_jobs', '');
+    RETURN NULL;
+END;
+$$;
+CREATE TRIGGER jobs_notify AFTER INSERT ON jobs FOR EACH STATEMENT EXECUTE FUNCTION herald_jobs_notify();
+
 CREATE TABLE idempotency_keys (
     user_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     idempotency_key TEXT NOT NULL,
