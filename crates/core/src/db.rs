@@ -153,7 +153,15 @@ impl DbConnection {
     where
         E: From<diesel::result::Error>,
     {
-        if let DbConnection::Sqlite(conn) = self {
+        // Inside an open transaction this is a savepoint, like `transaction`.
+        let outermost = match self {
+            DbConnection::Sqlite(conn) => matches!(
+                AnsiTransactionManager::transaction_manager_status_mut(conn).transaction_depth(),
+                Ok(None)
+            ),
+            DbConnection::Postgres(_) => false,
+        };
+        if outermost && let DbConnection::Sqlite(conn) = self {
             AnsiTransactionManager::begin_transaction_sql(conn, "BEGIN IMMEDIATE")?;
             let result = f(self);
             // The multi-connection's transaction manager delegates to the inner connection's,

@@ -314,7 +314,30 @@ async fn timeline_shows_the_record_creation(test: TestDb) {
     ));
 }
 
+async fn a_write_inside_a_transaction_is_a_savepoint(test: TestDb) {
+    let mut conn = test.connect();
+    let (a, _) = account_with_user(&mut conn, "kappa");
+    let result: Result<(), CoreError> = conn.write(|conn| {
+        Person::create(conn, a.id, &person("Outer", &[]))?;
+        let inner: Result<(), CoreError> = conn.write(|conn| {
+            Person::create(conn, a.id, &person("Inner", &[]))?;
+            Err(CoreError::invalid("x", "inner fails"))
+        });
+        assert!(inner.is_err());
+        Ok(())
+    });
+    result.unwrap();
+    let names: Vec<_> = Person::list(&mut conn, a.id, PageRequest::first(10))
+        .unwrap()
+        .items
+        .into_iter()
+        .map(|p| p.first_name)
+        .collect();
+    assert_eq!(names, vec!["Outer"], "the inner write rolled back alone");
+}
+
 backend_tests!(
+    a_write_inside_a_transaction_is_a_savepoint,
     migrations_run_up_down_and_up_again,
     records_of_another_account_are_not_found,
     person_fields_round_trip_and_patch_keeps_what_it_does_not_name,
