@@ -2,16 +2,12 @@
 //! SQLite). Composition only; the work is in the crates.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
 use herald_core::identity::bootstrap_if_empty;
 use herald_http::AppState;
-use herald_runtime::maintenance::PurgeIdempotencyKeys;
-use herald_runtime::{
-    JobContext, init_tracing, job_runner, load_config, open_database, secret_key,
-};
+use herald_runtime::Started;
 use herald_scheduler::QueueWaker;
 use secrecy::ExposeSecret;
 
@@ -30,16 +26,15 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut config = load_config(args.config.as_deref())?;
+    let mut config = herald_runtime::load_config(args.config.as_deref())?;
     if args.embedded_worker.is_some() {
         config.embedded_worker = args.embedded_worker;
     }
-    init_tracing(config.log_format);
-    tracing::info!(?config, "starting herald-api");
-    let config = Arc::new(config);
-
-    let db = open_database(&config)?;
-    let secret_key = secret_key(&config)?;
+    let Started {
+        config,
+        db,
+        secret_key,
+    } = herald_runtime::start(config, "herald-api")?;
 
     if config.bootstrap() {
         let db = db.clone();
@@ -64,11 +59,25 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let waker = QueueWaker::new();
+    let shutdown = herald_runtime::shutdown_on_signal();
+    let worker = if config.embedded_worker() {
+        let started = Started {
+            config: config.clone(),
+            db: db.clone(),
+            secret_key: secret_key.clone(),
+        };
+        let runner = started.job_runner(waker.clone())?;
+        let token = shutdown.clone();
+        Some(tokio::spawn(async move { runner.run(token).await }))
+    } else {
+        None
+    };
+
     let state = AppState {
-        db: db.clone(),
+        db,
         config: config.clone(),
-        secret_key: secret_key.clone(),
-        waker: waker.clone(),
+        secret_key,
+        waker,
         timeline: herald_core::timeline::Timeline::default(),
         metrics: herald_http::metrics_handle(),
     };
@@ -78,24 +87,6 @@ async fn main() -> anyhow::Result<()> {
     let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     println!("Herald API listening on http://{address}");
-
-    let shutdown = herald_runtime::shutdown_on_signal();
-    let worker = if config.embedded_worker() {
-        let context = JobContext {
-            db: db.clone(),
-            config: config.clone(),
-            secret_key,
-            waker,
-        };
-        let runner = job_runner(context);
-        let mut conn = db.get()?;
-        PurgeIdempotencyKeys::ensure_scheduled(&mut conn, herald_core::time::now())?;
-        drop(conn);
-        let token = shutdown.clone();
-        Some(tokio::spawn(async move { runner.run(token).await }))
-    } else {
-        None
-    };
 
     herald_http::serve(listener, state, shutdown.clone().cancelled_owned()).await?;
     if let Some(worker) = worker {

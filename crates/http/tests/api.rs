@@ -96,50 +96,39 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
-    async fn get(&self, login: &Login, path: &str) -> (StatusCode, Value) {
-        let r = self
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        login: &Login,
+        path: &str,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = self
             .client
-            .get(self.url(path))
-            .bearer_auth(&login.token)
-            .send()
-            .await
-            .unwrap();
-        read(r).await
+            .request(method, self.url(path))
+            .bearer_auth(&login.token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        read(request.send().await.unwrap()).await
+    }
+
+    async fn get(&self, login: &Login, path: &str) -> (StatusCode, Value) {
+        self.send(reqwest::Method::GET, login, path, None).await
     }
 
     async fn post(&self, login: &Login, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .post(self.url(path))
-            .bearer_auth(&login.token)
-            .json(&body)
-            .send()
+        self.send(reqwest::Method::POST, login, path, Some(body))
             .await
-            .unwrap();
-        read(r).await
     }
 
     async fn patch(&self, login: &Login, path: &str, body: Value) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .patch(self.url(path))
-            .bearer_auth(&login.token)
-            .json(&body)
-            .send()
+        self.send(reqwest::Method::PATCH, login, path, Some(body))
             .await
-            .unwrap();
-        read(r).await
     }
 
     async fn delete(&self, login: &Login, path: &str) -> (StatusCode, Value) {
-        let r = self
-            .client
-            .delete(self.url(path))
-            .bearer_auth(&login.token)
-            .send()
-            .await
-            .unwrap();
-        read(r).await
+        self.send(reqwest::Method::DELETE, login, path, None).await
     }
 }
 

@@ -75,6 +75,41 @@ pub fn secret_key(config: &Config) -> anyhow::Result<SecretKey> {
     Ok(key)
 }
 
+/// What every process has once started: its config, database and secret key.
+#[derive(Clone)]
+pub struct Started {
+    pub config: Arc<Config>,
+    pub db: Db,
+    pub secret_key: SecretKey,
+}
+
+/// Logging, the database (with migrations when configured) and the secret key, in that order.
+pub fn start(config: Config, process: &str) -> anyhow::Result<Started> {
+    init_tracing(config.log_format);
+    tracing::info!(?config, "starting {process}");
+    let db = open_database(&config)?;
+    let secret_key = secret_key(&config)?;
+    Ok(Started {
+        config: Arc::new(config),
+        db,
+        secret_key,
+    })
+}
+
+impl Started {
+    /// The job runner with every job type, its housekeeping scheduled.
+    pub fn job_runner(&self, waker: QueueWaker) -> anyhow::Result<Runner<JobContext>> {
+        let mut conn = self.db.get()?;
+        maintenance::PurgeIdempotencyKeys::ensure_scheduled(&mut conn, herald_core::time::now())?;
+        Ok(job_runner(JobContext {
+            db: self.db.clone(),
+            config: self.config.clone(),
+            secret_key: self.secret_key.clone(),
+            waker,
+        }))
+    }
+}
+
 /// The runner with every job type Herald has.
 pub fn job_runner(context: JobContext) -> Runner<JobContext> {
     let settings = RunnerSettings::from(&context.config.queue);

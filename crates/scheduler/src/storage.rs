@@ -71,19 +71,38 @@ macro_rules! held {
     };
 }
 
+/// The row an enqueue writes.
+#[derive(Insertable)]
+#[diesel(table_name = jobs)]
+struct JobRow<'a> {
+    queue: &'a str,
+    job_type: &'a str,
+    payload: &'a str,
+    status: &'a str,
+    run_at: NaiveDateTime,
+    max_attempts: i32,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+impl<'a> JobRow<'a> {
+    fn new(job: &NewJob<'a>, at: NaiveDateTime) -> Self {
+        JobRow {
+            queue: job.queue,
+            job_type: job.job_type,
+            payload: job.payload,
+            status: QUEUED,
+            run_at: job.run_at,
+            max_attempts: job.max_attempts,
+            created_at: at,
+            updated_at: at,
+        }
+    }
+}
+
 pub fn enqueue(conn: &mut DbConnection, job: &NewJob<'_>) -> QueryResult<i64> {
-    let at = now();
     diesel::insert_into(jobs::table)
-        .values((
-            jobs::queue.eq(job.queue),
-            jobs::job_type.eq(job.job_type),
-            jobs::payload.eq(job.payload),
-            jobs::status.eq(QUEUED),
-            jobs::run_at.eq(job.run_at),
-            jobs::max_attempts.eq(job.max_attempts),
-            jobs::created_at.eq(at),
-            jobs::updated_at.eq(at),
-        ))
+        .values(JobRow::new(job, now()))
         .returning(jobs::id)
         .get_result(conn)
 }
@@ -92,23 +111,9 @@ pub fn enqueue(conn: &mut DbConnection, job: &NewJob<'_>) -> QueryResult<i64> {
 pub fn enqueue_batch(conn: &mut DbConnection, batch: &[NewJob<'_>]) -> QueryResult<usize> {
     let at = now();
     let mut inserted = 0;
-    // 14 bound values a row: 500 rows stay well under SQLite's 32,766-variable limit.
+    // 8 bound values a row: 500 rows stay well under SQLite's 32,766-variable limit.
     for chunk in batch.chunks(500) {
-        let rows: Vec<_> = chunk
-            .iter()
-            .map(|job| {
-                (
-                    jobs::queue.eq(job.queue),
-                    jobs::job_type.eq(job.job_type),
-                    jobs::payload.eq(job.payload),
-                    jobs::status.eq(QUEUED),
-                    jobs::run_at.eq(job.run_at),
-                    jobs::max_attempts.eq(job.max_attempts),
-                    jobs::created_at.eq(at),
-                    jobs::updated_at.eq(at),
-                )
-            })
-            .collect();
+        let rows: Vec<JobRow> = chunk.iter().map(|job| JobRow::new(job, at)).collect();
         let insert = diesel::insert_into(jobs::table).values(rows);
         // Backend arms: multi-row VALUES is not in the multi-backend's common SQL.
         inserted += match conn {
@@ -223,24 +228,26 @@ pub fn retry_later(
     run_at: NaiveDateTime,
     error: &str,
 ) -> QueryResult<bool> {
-    let n = diesel::update(held!(id, worker))
-        .set((
-            jobs::status.eq(QUEUED),
-            jobs::run_at.eq(run_at),
-            jobs::last_error.eq(error),
-            jobs::locked_by.eq(None::<String>),
-            jobs::locked_until.eq(None::<NaiveDateTime>),
-            jobs::updated_at.eq(now()),
-        ))
-        .execute(conn)?;
-    Ok(n == 1)
+    record_failure(conn, worker, id, QUEUED, run_at, error)
 }
 
 /// Moves a job that cannot succeed to `dead`, keeping its last error.
 pub fn bury(conn: &mut DbConnection, worker: &str, id: i64, error: &str) -> QueryResult<bool> {
+    record_failure(conn, worker, id, DEAD, now(), error)
+}
+
+fn record_failure(
+    conn: &mut DbConnection,
+    worker: &str,
+    id: i64,
+    status: &str,
+    run_at: NaiveDateTime,
+    error: &str,
+) -> QueryResult<bool> {
     let n = diesel::update(held!(id, worker))
         .set((
-            jobs::status.eq(DEAD),
+            jobs::status.eq(status),
+            jobs::run_at.eq(run_at),
             jobs::last_error.eq(error),
             jobs::locked_by.eq(None::<String>),
             jobs::locked_until.eq(None::<NaiveDateTime>),

@@ -96,6 +96,36 @@ fn runner(test: &TestDb, ctx: Ctx, settings: RunnerSettings) -> Runner<Ctx> {
         .build()
 }
 
+/// Claims up to `limit` probes for `worker` with a lease of `lease_secs` from now (negative: a
+/// lease that has already run out, as if the worker died).
+fn claim_as(
+    conn: &mut herald_core::DbConnection,
+    worker: &str,
+    limit: i64,
+    lease_secs: i64,
+) -> Vec<storage::ClaimedJob> {
+    let at = now();
+    storage::claim(
+        conn,
+        worker,
+        &["probe"],
+        limit,
+        at,
+        at + TimeDelta::seconds(lease_secs),
+    )
+    .unwrap()
+}
+
+/// Starts `runner.run` in the background; cancel the token to stop it.
+fn spawn_runner(runner: &Runner<Ctx>) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let token = CancellationToken::new();
+    let handle = tokio::spawn({
+        let (runner, token) = (runner.clone(), token.clone());
+        async move { runner.run(token).await }
+    });
+    (token, handle)
+}
+
 fn enqueue(test: &TestDb, n: i64, behaviour: Behaviour) -> i64 {
     let mut conn = test.connect();
     Probe { n, behaviour }.enqueue(&mut conn).unwrap()
@@ -104,27 +134,10 @@ fn enqueue(test: &TestDb, n: i64, behaviour: Behaviour) -> i64 {
 async fn claimed_job_is_invisible_to_other_workers(test: TestDb) {
     let id = enqueue(&test, 1, Behaviour::Succeed);
     let mut conn = test.connect();
-    let at = now();
-    let first = storage::claim(
-        &mut conn,
-        "w1",
-        &["probe"],
-        10,
-        at,
-        at + TimeDelta::seconds(30),
-    )
-    .unwrap();
+    let first = claim_as(&mut conn, "w1", 10, 30);
     assert_eq!(first.iter().map(|j| j.id).collect::<Vec<_>>(), vec![id]);
     assert_eq!(first[0].attempts, 1);
-    let second = storage::claim(
-        &mut conn,
-        "w2",
-        &["probe"],
-        10,
-        at,
-        at + TimeDelta::seconds(30),
-    )
-    .unwrap();
+    let second = claim_as(&mut conn, "w2", 10, 30);
     assert!(second.is_empty(), "a claimed job must not be claimed again");
     let job = storage::find(&mut conn, id).unwrap().unwrap();
     assert_eq!(
@@ -142,19 +155,7 @@ async fn job_is_not_claimed_before_its_run_at(test: TestDb) {
     }
     .enqueue_at(&mut conn, later)
     .unwrap();
-    let at = now();
-    assert!(
-        storage::claim(
-            &mut conn,
-            "w",
-            &["probe"],
-            10,
-            at,
-            at + TimeDelta::seconds(30)
-        )
-        .unwrap()
-        .is_empty()
-    );
+    assert!(claim_as(&mut conn, "w", 10, 30).is_empty());
     let due = later + TimeDelta::seconds(1);
     assert_eq!(
         storage::claim(
@@ -280,17 +281,8 @@ async fn permanent_failure_goes_dead_at_once(test: TestDb) {
 async fn expired_lease_is_recovered_and_the_job_runs(test: TestDb) {
     let id = enqueue(&test, 1, Behaviour::Succeed);
     let mut conn = test.connect();
-    let at = now();
     // A worker claims it and dies: its lease runs out.
-    storage::claim(
-        &mut conn,
-        "dead-worker",
-        &["probe"],
-        1,
-        at,
-        at - TimeDelta::seconds(1),
-    )
-    .unwrap();
+    claim_as(&mut conn, "dead-worker", 1, -1);
     let ctx = Ctx::default();
     let stats = runner(&test, ctx.clone(), fast_settings())
         .run_until_empty()
@@ -304,16 +296,7 @@ async fn expired_lease_on_the_last_attempt_goes_dead(test: TestDb) {
     let id = enqueue(&test, 1, Behaviour::Succeed);
     let mut conn = test.connect();
     for _ in 0..3 {
-        let at = now();
-        storage::claim(
-            &mut conn,
-            "crashy",
-            &["probe"],
-            1,
-            at,
-            at - TimeDelta::seconds(1),
-        )
-        .unwrap();
+        claim_as(&mut conn, "crashy", 1, -1);
         storage::recover_expired(&mut conn, now()).unwrap();
     }
     let job = storage::find(&mut conn, id).unwrap().unwrap();
@@ -324,27 +307,9 @@ async fn expired_lease_on_the_last_attempt_goes_dead(test: TestDb) {
 async fn ack_and_retry_are_fenced_by_the_lease_holder(test: TestDb) {
     let id = enqueue(&test, 1, Behaviour::Succeed);
     let mut conn = test.connect();
-    let at = now();
-    storage::claim(
-        &mut conn,
-        "slow",
-        &["probe"],
-        1,
-        at,
-        at - TimeDelta::seconds(1),
-    )
-    .unwrap();
+    claim_as(&mut conn, "slow", 1, -1);
     storage::recover_expired(&mut conn, now()).unwrap();
-    let at = now();
-    storage::claim(
-        &mut conn,
-        "fresh",
-        &["probe"],
-        1,
-        at,
-        at + TimeDelta::seconds(30),
-    )
-    .unwrap();
+    claim_as(&mut conn, "fresh", 1, 30);
     // The slow worker finally finishes: it no longer holds the job, so nothing changes.
     assert_eq!(storage::ack(&mut conn, "slow", &[id]).unwrap(), 0);
     assert!(!storage::retry_later(&mut conn, "slow", id, now(), "late").unwrap());
@@ -361,12 +326,7 @@ async fn shutdown_lets_in_flight_jobs_finish(test: TestDb) {
     let id = enqueue(&test, 1, Behaviour::Sleep(400));
     let ctx = Ctx::default();
     let runner = runner(&test, ctx.clone(), fast_settings());
-    let token = CancellationToken::new();
-    let handle = tokio::spawn({
-        let runner = runner.clone();
-        let token = token.clone();
-        async move { runner.run(token).await }
-    });
+    let (token, handle) = spawn_runner(&runner);
     wait_until_running(&test, id).await;
     token.cancel();
     handle.await.unwrap();
@@ -382,12 +342,7 @@ async fn shutdown_releases_jobs_still_running_after_the_grace_period(test: TestD
     let mut settings = fast_settings();
     settings.shutdown_grace = Duration::from_millis(100);
     let runner = runner(&test, Ctx::default(), settings);
-    let token = CancellationToken::new();
-    let handle = tokio::spawn({
-        let runner = runner.clone();
-        let token = token.clone();
-        async move { runner.run(token).await }
-    });
+    let (token, handle) = spawn_runner(&runner);
     wait_until_running(&test, id).await;
     token.cancel();
     tokio::time::timeout(Duration::from_secs(10), handle)
@@ -418,16 +373,7 @@ async fn cancelled_job_does_not_run_and_a_running_one_cannot_be_cancelled(test: 
     let b = enqueue(&test, 2, Behaviour::Succeed);
     let mut conn = test.connect();
     herald_scheduler::cancel_job(&mut conn, a).unwrap();
-    let at = now();
-    storage::claim(
-        &mut conn,
-        "w",
-        &["probe"],
-        10,
-        at,
-        at + TimeDelta::seconds(30),
-    )
-    .unwrap();
+    claim_as(&mut conn, "w", 10, 30);
     let err = herald_scheduler::cancel_job(&mut conn, b).unwrap_err();
     assert!(err.to_string().contains("running"), "{err}");
     let job = storage::find(&mut conn, a).unwrap().unwrap();
@@ -487,11 +433,7 @@ fn sleepy_settings() -> RunnerSettings {
 async fn an_enqueue_in_this_process_wakes_idle_workers(test: TestDb) {
     let ctx = Ctx::default();
     let runner = runner(&test, ctx.clone(), sleepy_settings());
-    let token = CancellationToken::new();
-    let handle = tokio::spawn({
-        let (runner, token) = (runner.clone(), token.clone());
-        async move { runner.run(token).await }
-    });
+    let (token, handle) = spawn_runner(&runner);
     tokio::time::sleep(Duration::from_millis(300)).await; // idle, waiting
     enqueue(&test, 1, Behaviour::Succeed);
     runner.waker().wake();
@@ -508,11 +450,7 @@ async fn a_job_enqueued_by_another_process_wakes_idle_workers_on_postgres() {
     let test = TestDb::postgres();
     let ctx = Ctx::default();
     let runner = runner(&test, ctx.clone(), sleepy_settings());
-    let token = CancellationToken::new();
-    let handle = tokio::spawn({
-        let (runner, token) = (runner.clone(), token.clone());
-        async move { runner.run(token).await }
-    });
+    let (token, handle) = spawn_runner(&runner);
     tokio::time::sleep(Duration::from_millis(500)).await; // idle, listening
     // Another connection, no in-process wake-up: only NOTIFY can tell the runner.
     enqueue(&test, 1, Behaviour::Succeed);
