@@ -1,7 +1,6 @@
 //! Newtypes and enums that need no I/O: parse, don't validate.
 
 use std::fmt;
-use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
@@ -167,10 +166,13 @@ pub fn parse_name(input: &str, field: &str, max: usize) -> Result<String, CoreEr
     Ok(trimmed.to_owned())
 }
 
+/// An enum stored as text: `as_str`, `FromStr` (an error listing the accepted values),
+/// `Display`, serde in snake_case.
+#[macro_export]
 macro_rules! text_enum {
     ($(#[$meta:meta])* $name:ident { $($variant:ident => $text:literal),+ $(,)? }) => {
         $(#[$meta])*
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(rename_all = "snake_case")]
         pub enum $name { $($variant),+ }
 
@@ -182,12 +184,12 @@ macro_rules! text_enum {
             }
         }
 
-        impl FromStr for $name {
-            type Err = CoreError;
+        impl ::std::str::FromStr for $name {
+            type Err = $crate::error::CoreError;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 match s {
                     $($text => Ok($name::$variant),)+
-                    other => Err(CoreError::invalid(
+                    other => Err($crate::error::CoreError::invalid(
                         stringify!($name).to_ascii_lowercase(),
                         format!(
                             "`{other}` is not one of: {}",
@@ -198,14 +200,13 @@ macro_rules! text_enum {
             }
         }
 
-        impl fmt::Display for $name {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        impl ::std::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
                 f.write_str(self.as_str())
             }
         }
     };
 }
-pub(crate) use text_enum;
 
 text_enum!(
     /// An account's plan; the plan rules (E3) read it.

@@ -11,14 +11,12 @@ use diesel::sql_types::Text;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::db::{DbConnection, MultiBackend};
-use crate::domain::{parse_domain, parse_email_list, parse_name, parse_phone, text_enum};
+use crate::domain::{parse_domain, parse_email_list, parse_name, parse_phone};
 use crate::error::{CoreError, CoreResult};
 use crate::pagination::{Page, PageRequest};
 use crate::schema::{companies, deals, leads, persons};
+use crate::text_enum;
 use crate::time::{now, rfc3339};
-
-use std::fmt;
-use std::str::FromStr;
 
 text_enum!(
     /// The kinds of record a timeline, an email or a link can point at.
@@ -49,7 +47,7 @@ fn to_json(values: &[String]) -> String {
 }
 
 /// Distinguishes an absent PATCH field (`None`) from an explicit `null` (`Some(None)`).
-fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+pub fn double_option<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
 where
     D: Deserializer<'de>,
     T: Deserialize<'de>,
