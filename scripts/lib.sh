@@ -47,12 +47,16 @@ ensure_postgres() {
     log "PostgreSQL is up"
 }
 
-# Test databases left by a run that was killed (each test drops its own when it ends).
+# Test databases left by a run that was killed (each test drops its own when it ends). A test
+# database is named herald_test_<pid>_<random>: only those whose process is gone are dropped, so a
+# suite running beside this one keeps its databases.
 drop_stale_test_databases() {
     psql "$HERALD_TEST_POSTGRES_URL" -Atqc \
-        "SELECT datname FROM pg_database WHERE datname LIKE 'herald_test_%'" 2>/dev/null |
+        "SELECT datname FROM pg_database WHERE datname LIKE 'herald\_test\_%'" 2>/dev/null |
     while read -r db; do
-        psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+        pid=$(printf '%s' "$db" | cut -d_ -f3)
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true
+        fi
     done
 }
-

@@ -36,6 +36,38 @@ async fn main() -> anyhow::Result<()> {
         secret_key,
     } = herald_runtime::start(config, "herald-api")?;
 
+    let waker = QueueWaker::new();
+    let shutdown = herald_runtime::shutdown_on_signal();
+    let worker = if config.embedded_worker() {
+        let started = Started {
+            config: config.clone(),
+            db: db.clone(),
+            secret_key: secret_key.clone(),
+        };
+        let runner = started.job_runner(waker.clone())?;
+        let token = shutdown.clone();
+        Some(tokio::spawn(async move { runner.run(token).await }))
+    } else {
+        None
+    };
+
+    let state = AppState {
+        db: db.clone(),
+        config: config.clone(),
+        secret_key,
+        waker,
+        timeline: herald_core::timeline::Timeline::default(),
+        metrics: herald_http::metrics_handle(),
+    };
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    // With `listen = …:0` the configured address is not the one to call.
+    let public_url = match &config.public_url {
+        Some(_) => config.public_url(),
+        None => format!("http://{address}"),
+    };
     if config.bootstrap() {
         let db = db.clone();
         let created = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -53,38 +85,11 @@ async fn main() -> anyhow::Result<()> {
             println!("Admin API token (shown once, keep it safe): {token}");
             println!(
                 "Try it: curl -H 'Authorization: Bearer {token}' {}/api/v1/me",
-                config.public_url()
+                public_url
             );
         }
     }
 
-    let waker = QueueWaker::new();
-    let shutdown = herald_runtime::shutdown_on_signal();
-    let worker = if config.embedded_worker() {
-        let started = Started {
-            config: config.clone(),
-            db: db.clone(),
-            secret_key: secret_key.clone(),
-        };
-        let runner = started.job_runner(waker.clone())?;
-        let token = shutdown.clone();
-        Some(tokio::spawn(async move { runner.run(token).await }))
-    } else {
-        None
-    };
-
-    let state = AppState {
-        db,
-        config: config.clone(),
-        secret_key,
-        waker,
-        timeline: herald_core::timeline::Timeline::default(),
-        metrics: herald_http::metrics_handle(),
-    };
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let address = listener.local_addr()?;
     tracing::info!(%address, "listening");
     println!("Herald API listening on http://{address}");
 

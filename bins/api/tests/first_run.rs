@@ -87,10 +87,13 @@ async fn first_run_on_sqlite_prints_a_working_admin_token_once() {
         let server = Server::start(&[("HERALD_DATA_DIR", data.clone())]);
         let lines = server.startup_lines();
         let token = token(&lines).expect("a token on first run");
+        let curl = lines
+            .iter()
+            .find(|l| l.contains("curl -H 'Authorization: Bearer"))
+            .expect("a curl line");
         assert!(
-            lines
-                .iter()
-                .any(|l| l.contains("curl -H 'Authorization: Bearer") && l.contains("/api/v1/me"))
+            curl.ends_with(&format!("{}/api/v1/me", address(&lines))),
+            "the curl line calls the bound address: {curl}"
         );
         let me: serde_json::Value = reqwest::Client::new()
             .get(format!("{}/api/v1/me", address(&lines)))

@@ -156,6 +156,17 @@ impl Config {
                 "queue.workers and queue.batch_size must be at least 1".into(),
             ));
         }
+        // The lease is renewed every third of it, so it needs a few seconds of room.
+        if self.queue.lease_secs < 3 {
+            return Err(CoreError::Config(
+                "queue.lease_secs must be at least 3".into(),
+            ));
+        }
+        if self.queue.poll_interval_ms < 10 {
+            return Err(CoreError::Config(
+                "queue.poll_interval_ms must be at least 10".into(),
+            ));
+        }
         if let Some(url) = &self.public_url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {

@@ -24,6 +24,24 @@ pub enum DbConnection {
 }
 
 /// Which database a URL points at.
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted_in_the_authority_and_the_query() {
+        assert_eq!(
+            redact_url("postgres://herald:s3cret@db:5432/herald"),
+            "postgres://herald:***@db:5432/herald"
+        );
+        assert_eq!(
+            redact_url("postgres://db/herald?user=h&password=s3cret&sslmode=require"),
+            "postgres://db/herald?user=h&password=***&sslmode=require"
+        );
+        assert_eq!(redact_url("postgres://db/herald"), "postgres://db/herald");
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
     Postgres,
@@ -120,8 +138,35 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Replaces the password of a `scheme://user:password@host` URL with `***`.
+/// Replaces the password of a `scheme://user:password@host` URL, and `password=` or
+/// `sslpassword=` query parameters, with `***`.
 pub fn redact_url(url: &str) -> String {
+    let (url, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = redact_authority(url);
+    match query {
+        None => base,
+        Some(query) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _))
+                        if key.eq_ignore_ascii_case("password")
+                            || key.eq_ignore_ascii_case("sslpassword") =>
+                    {
+                        format!("{key}=***")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+    }
+}
+
+fn redact_authority(url: &str) -> String {
     let Some(scheme_end) = url.find("://") else {
         return url.to_owned();
     };
@@ -198,11 +243,21 @@ fn migration_error(e: Box<dyn std::error::Error + Send + Sync>) -> CoreError {
 /// Applies every pending migration; returns the versions applied now.
 pub fn run_migrations(conn: &mut DbConnection) -> Result<Vec<String>, CoreError> {
     let applied = match conn {
-        DbConnection::Postgres(c) => c.run_pending_migrations(MIGRATIONS_POSTGRES),
-        DbConnection::Sqlite(c) => c.run_pending_migrations(MIGRATIONS_SQLITE),
+        DbConnection::Postgres(c) => {
+            // Backend arm: processes starting together take turns, so a migration runs once.
+            c.batch_execute("SELECT pg_advisory_lock(727173)")?;
+            let applied = c
+                .run_pending_migrations(MIGRATIONS_POSTGRES)
+                .map(|v| v.iter().map(|v| v.to_string()).collect::<Vec<_>>());
+            c.batch_execute("SELECT pg_advisory_unlock(727173)")?;
+            applied
+        }
+        DbConnection::Sqlite(c) => c
+            .run_pending_migrations(MIGRATIONS_SQLITE)
+            .map(|v| v.iter().map(|v| v.to_string()).collect::<Vec<_>>()),
     }
     .map_err(migration_error)?;
-    Ok(applied.iter().map(|v| v.to_string()).collect())
+    Ok(applied)
 }
 
 /// Reverts the most recent migration (the migrations test, `herald migrate --revert`).
@@ -268,8 +323,9 @@ impl r2d2::ManageConnection for ConnectionManager {
             .map_err(diesel::ConnectionError::CouldntSetupConfiguration)
     }
 
-    fn has_broken(&self, _conn: &mut DbConnection) -> bool {
-        false
+    /// A connection whose user panicked may be inside a transaction: never hand it out again.
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking() || diesel::r2d2::R2D2Connection::is_broken(conn)
     }
 }
 

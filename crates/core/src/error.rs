@@ -36,7 +36,7 @@ pub enum CoreError {
     Unavailable(String),
 
     #[error("database error: {0}")]
-    Database(#[from] diesel::result::Error),
+    Database(diesel::result::Error),
 
     #[error("secret decryption failed: the key does not match or the data is corrupt")]
     Decrypt,
@@ -54,6 +54,38 @@ impl CoreError {
         CoreError::NotFound {
             kind,
             id: id.to_string(),
+        }
+    }
+}
+
+/// Database errors a caller can act on get their own variants: a duplicate or a concurrent
+/// change is a conflict, a busy database is "unavailable, try again"; the rest stay `Database`.
+impl From<diesel::result::Error> for CoreError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::DatabaseErrorKind as Kind;
+        use diesel::result::Error as E;
+        match &e {
+            E::NotFound => CoreError::NotFound {
+                kind: "record",
+                id: "requested".into(),
+            },
+            E::DatabaseError(Kind::UniqueViolation, _) => CoreError::Conflict {
+                code: "conflict",
+                message: "a record with the same unique value already exists".into(),
+            },
+            E::DatabaseError(Kind::ForeignKeyViolation, _) => CoreError::Conflict {
+                code: "conflict",
+                message: "a record this one refers to was changed at the same time; try again"
+                    .into(),
+            },
+            E::DatabaseError(Kind::SerializationFailure, _) => {
+                CoreError::Unavailable("the database was busy; try again".into())
+            }
+            // SQLite reports a write lock held past busy_timeout as a plain error.
+            E::DatabaseError(_, info) if info.message().contains("database is locked") => {
+                CoreError::Unavailable("the database was busy; try again".into())
+            }
+            _ => CoreError::Database(e),
         }
     }
 }

@@ -150,7 +150,15 @@ impl User {
                 updated_at: at,
             })
             .returning(users::all_columns)
-            .get_result(conn)?;
+            .get_result(conn)
+            .map_err(|e| match CoreError::from(e) {
+                // Two creates at once both passed the check above; the unique index decides.
+                CoreError::Conflict { .. } => CoreError::Conflict {
+                    code: "user_exists",
+                    message: format!("a user with email {email} already exists in this account"),
+                },
+                other => other,
+            })?;
         Ok(user)
     }
 

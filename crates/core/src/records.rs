@@ -71,6 +71,26 @@ macro_rules! record_queries {
                     .ok_or_else(|| CoreError::not_found($kind, id))
             }
 
+            /// Like `find`, and on PostgreSQL locks the row until the transaction ends, so two
+            /// concurrent PATCHes apply one after the other instead of overwriting each other.
+            fn find_for_update(
+                conn: &mut DbConnection,
+                account_id: i64,
+                id: i64,
+            ) -> CoreResult<$model> {
+                // Backend arm: SQLite's write transaction already excludes other writers.
+                if let DbConnection::Postgres(c) = conn {
+                    $table::table
+                        .filter($table::account_id.eq(account_id))
+                        .filter($table::id.eq(id))
+                        .select($table::id)
+                        .for_update()
+                        .first::<i64>(c)
+                        .optional()?;
+                }
+                $model::find(conn, account_id, id)
+            }
+
             pub fn list(
                 conn: &mut DbConnection,
                 account_id: i64,
@@ -217,7 +237,7 @@ macro_rules! impl_record {
                 id: i64,
                 patch: Self::Patch,
             ) -> CoreResult<Self> {
-                let current = Self::find(conn, account_id, id)?;
+                let current = Self::find_for_update(conn, account_id, id)?;
                 let row = patch.apply_to(&current).validate(conn, account_id)?;
                 Self::update_row(conn, account_id, id, &row)
             }
@@ -456,8 +476,8 @@ impl_record!(
 // ---------------------------------------------------------------------------------------------
 // Deal
 
-/// A deal's value: a decimal given as a JSON number or string, kept as a normalised string so no
-/// amount is rounded through a float.
+/// A deal's value: a decimal given as a string (exact) or a JSON number (refused beyond the 15
+/// digits a float holds exactly), kept as a string so no amount is rounded.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 pub enum Amount {
@@ -467,7 +487,21 @@ pub enum Amount {
 
 fn parse_amount(amount: &Amount, field: &str) -> CoreResult<String> {
     let raw = match amount {
-        Amount::Number(n) => n.to_string(),
+        // A JSON number arrives as a float: take it only while a float holds it exactly
+        // (15 significant digits, no exponent).
+        Amount::Number(n) => {
+            let text = n.to_string();
+            let digits = text.chars().filter(char::is_ascii_digit).count();
+            if digits > 15 || text.contains(['e', 'E']) {
+                return Err(CoreError::invalid(
+                    field,
+                    format!(
+                        "`{text}` has too many digits for a JSON number; send it as a string like \"1250.50\""
+                    ),
+                ));
+            }
+            text
+        }
         Amount::Text(s) => s.trim().to_owned(),
     };
     let (int, frac) = raw.split_once('.').unwrap_or((&raw, ""));

@@ -161,6 +161,23 @@ async fn deal_value_is_kept_exactly(test: TestDb) {
     let d = Deal::create(&mut conn, a.id, &input).unwrap();
     assert_eq!(d.value.as_deref(), Some("12345678901.25"));
     assert_eq!(d.currency.as_deref(), Some("EUR"));
+    let too_precise: DealInput =
+        serde_json::from_str(r#"{"title": "X", "value": 123456789012345.6789, "currency": "EUR"}"#)
+            .unwrap();
+    assert!(
+        matches!(Deal::create(&mut conn, a.id, &too_precise), Err(CoreError::Invalid { field, .. }) if field == "value")
+    );
+    let exact: DealInput = serde_json::from_str(
+        r#"{"title": "X", "value": "123456789012345.6789", "currency": "EUR"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        Deal::create(&mut conn, a.id, &exact)
+            .unwrap()
+            .value
+            .as_deref(),
+        Some("123456789012345.6789")
+    );
     let no_currency: DealInput = serde_json::from_str(r#"{"title": "X", "value": 10}"#).unwrap();
     assert!(
         matches!(Deal::create(&mut conn, a.id, &no_currency), Err(CoreError::Invalid { field, .. }) if field == "currency")

@@ -14,8 +14,8 @@ use crate::storage::{self, NewJob};
 pub trait BackgroundJob: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Stable name stored with each job; renaming it orphans queued jobs.
     const JOB_NAME: &'static str;
-    /// A label for operators (`herald jobs list --queue`); every runner claims every queue whose
-    /// job types it has registered.
+    /// A label for operators, shown by `herald jobs list`; a runner claims the jobs of every type
+    /// it has registered, whatever their queue.
     const QUEUE: &'static str = "default";
     /// Runs in total, the first included, before the job goes to `dead`.
     const MAX_ATTEMPTS: i32 = 10;

@@ -35,7 +35,7 @@ pub fn spawn(
                     tracing::warn!(error = %e, retry_in = ?backoff, "job notification listener lost its connection");
                     // Workers still poll meanwhile; a wake-up now covers anything missed.
                     waker.wake();
-                    std::thread::sleep(backoff);
+                    sleep_unless_cancelled(backoff, &shutdown);
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                 }
             }
@@ -47,6 +47,16 @@ pub fn spawn(
             tracing::warn!(error = %e, "could not start the job notification listener; workers will poll");
             None
         }
+    }
+}
+
+/// Sleeps in short steps so a shutdown is not held up by a long reconnect backoff.
+fn sleep_unless_cancelled(total: Duration, shutdown: &CancellationToken) {
+    let step = Duration::from_millis(100);
+    let mut slept = Duration::ZERO;
+    while slept < total && !shutdown.is_cancelled() {
+        std::thread::sleep(step);
+        slept += step;
     }
 }
 

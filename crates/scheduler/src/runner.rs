@@ -191,7 +191,42 @@ impl PassStats {
 enum Outcome {
     Done,
     Failed(JobError),
+    /// Not run to the end (shutdown): released without counting the attempt.
     Unfinished,
+    /// The lease went to another worker: nothing to record, the new holder owns the job.
+    Lost,
+}
+
+/// A job task's output: its index in the batch and how the run went.
+type JobResult = (usize, Result<(), JobError>);
+
+/// Puts a joined task's result in its job's slot; a panic is a temporary failure.
+fn record_joined(
+    joined: Result<(tokio::task::Id, JobResult), tokio::task::JoinError>,
+    ids: &HashMap<tokio::task::Id, usize>,
+    outcomes: &mut [Outcome],
+) {
+    match joined {
+        Ok((_, (index, result))) => {
+            if matches!(outcomes[index], Outcome::Lost) {
+                return;
+            }
+            outcomes[index] = match result {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Failed(e),
+            };
+        }
+        Err(join_error) => {
+            let Some(&index) = ids.get(&join_error.id()) else {
+                return;
+            };
+            if join_error.is_panic() && !matches!(outcomes[index], Outcome::Lost) {
+                let message = panic_message(join_error.into_panic());
+                outcomes[index] =
+                    Outcome::Failed(JobError::temporary(format!("the job panicked: {message}")));
+            }
+        }
+    }
 }
 
 impl<C: Clone + Send + Sync + 'static> Runner<C> {
@@ -222,14 +257,40 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             shutdown.clone(),
         );
         let mut loops = JoinSet::new();
+        let mut names = HashMap::new();
         for n in 0..self.inner.settings.workers {
             let worker = format!("{}-{n}", self.inner.instance);
-            let this = self.clone();
-            let shutdown = shutdown.clone();
-            loops.spawn(async move { this.worker_loop(worker, shutdown).await });
+            let handle = loops.spawn(self.clone().worker_loop(worker.clone(), shutdown.clone()));
+            names.insert(handle.id(), worker);
         }
+        // Leases of dead workers are recovered on a timer, busy or idle.
+        let recovery = {
+            let (this, shutdown) = (self.clone(), shutdown.clone());
+            let every = (self.inner.settings.lease / 2).max(Duration::from_secs(1));
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                loop {
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tick.tick() => this.recover_expired().await,
+                    }
+                }
+            })
+        };
         info!(workers = self.inner.settings.workers, job_types = ?self.inner.job_types, "job runner started");
-        while loops.join_next().await.is_some() {}
+        while let Some(ended) = loops.join_next_with_id().await {
+            // A loop only ends on shutdown; one that panicked is started again.
+            if let Err(e) = ended
+                && let Some(worker) = names.remove(&e.id())
+                && !shutdown.is_cancelled()
+            {
+                error!(%worker, error = %e, "a worker loop failed; starting it again");
+                let handle =
+                    loops.spawn(self.clone().worker_loop(worker.clone(), shutdown.clone()));
+                names.insert(handle.id(), worker);
+            }
+        }
+        let _ = recovery.await;
         if let Some(listener) = listener {
             let _ = tokio::task::spawn_blocking(move || listener.join()).await;
         }
@@ -265,7 +326,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         total
     }
 
-    async fn worker_loop(&self, worker: String, shutdown: CancellationToken) {
+    async fn worker_loop(self, worker: String, shutdown: CancellationToken) {
         let mut wake_ups = self.inner.waker.subscribe();
         let mut idle_rounds: u32 = 0;
         while !shutdown.is_cancelled() {
@@ -349,6 +410,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let mut tasks = JoinSet::new();
         // Task id → batch index, so a panicking task can still be attributed to its job.
         let mut ids: HashMap<tokio::task::Id, usize> = HashMap::new();
+        let mut aborts: HashMap<usize, tokio::task::AbortHandle> = HashMap::new();
         for (index, job) in claimed.iter().enumerate() {
             let span = info_span!("job", job.id = job.id, job.type = %job.job_type, job.attempt = job.attempts);
             let started = match self.inner.jobs.get(job.job_type.as_str()) {
@@ -372,33 +434,57 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                         .instrument(span),
                     );
                     ids.insert(handle.id(), index);
+                    aborts.insert(index, handle);
                 }
                 Err(e) => outcomes[index] = Outcome::Failed(e),
             }
         }
-        let renew_every = self.inner.settings.lease / 3;
+        let lease = self.inner.settings.lease;
+        let renew_every = lease / 3;
         let mut renew =
             tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        let mut last_renewed = tokio::time::Instant::now();
         let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
         loop {
             tokio::select! {
                 joined = tasks.join_next_with_id() => match joined {
                     None => break,
-                    Some(Ok((_, (index, result)))) => {
-                        outcomes[index] = match result {
-                            Ok(()) => Outcome::Done,
-                            Err(e) => Outcome::Failed(e),
-                        };
-                    }
-                    Some(Err(join_error)) => {
-                        let Some(&index) = ids.get(&join_error.id()) else { continue };
-                        if join_error.is_panic() {
-                            let message = panic_message(join_error.into_panic());
-                            outcomes[index] = Outcome::Failed(JobError::temporary(format!("the job panicked: {message}")));
-                        }
-                    }
+                    Some(joined) => record_joined(joined, &ids, &mut outcomes),
                 },
-                _ = renew.tick() => self.renew(worker).await,
+                _ = renew.tick() => {
+                    let running: Vec<i64> = outcomes
+                        .iter()
+                        .zip(claimed)
+                        .filter(|(o, _)| matches!(o, Outcome::Unfinished))
+                        .map(|(_, job)| job.id)
+                        .collect();
+                    match self.renew(worker).await {
+                        Some(renewed) => {
+                            last_renewed = tokio::time::Instant::now();
+                            // A job whose lease was taken over (recovered by another worker) must
+                            // stop here: the new holder runs it.
+                            for (index, job) in claimed.iter().enumerate() {
+                                if running.contains(&job.id) && !renewed.contains(&job.id) {
+                                    warn!(job.id = job.id, "lost the lease on a running job; stopping it here");
+                                    outcomes[index] = Outcome::Lost;
+                                    if let Some(task) = aborts.get(&index) { task.abort(); }
+                                }
+                            }
+                        }
+                        // Cannot reach the database: once the lease may have run out elsewhere,
+                        // stop rather than risk running alongside a new holder.
+                        None if last_renewed.elapsed() + renew_every >= lease => {
+                            error!("could not renew job leases before they ran out; stopping the batch");
+                            for (index, outcome) in outcomes.iter_mut().enumerate() {
+                                if matches!(outcome, Outcome::Unfinished) {
+                                    *outcome = Outcome::Lost;
+                                    if let Some(task) = aborts.get(&index) { task.abort(); }
+                                }
+                            }
+                        }
+                        None => {}
+                    }
+                }
                 _ = shutdown.cancelled(), if deadline.is_none() => {
                     info!(in_flight = tasks.len(), "shutting down: letting in-flight jobs finish");
                     deadline = Some(Box::pin(tokio::time::sleep(self.inner.settings.shutdown_grace)));
@@ -406,7 +492,10 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
                     warn!(in_flight = tasks.len(), "grace period over: releasing unfinished jobs");
                     tasks.abort_all();
-                    while tasks.join_next().await.is_some() {}
+                    // Jobs that finished meanwhile keep their outcome; aborted ones stay unfinished.
+                    while let Some(joined) = tasks.join_next_with_id().await {
+                        record_joined(joined, &ids, &mut outcomes);
+                    }
                     break;
                 }
             }
@@ -414,10 +503,12 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         outcomes
     }
 
-    async fn renew(&self, worker: &str) {
+    /// Renews the lease of every job this worker holds; the ids still held, or `None` when the
+    /// database could not be reached.
+    async fn renew(&self, worker: &str) -> Option<Vec<i64>> {
         let lease = TimeDelta::from_std(self.inner.settings.lease).unwrap_or(TimeDelta::minutes(5));
         let owner = worker.to_owned();
-        if let Err(e) = self
+        match self
             .inner
             .db
             .run(move |conn| {
@@ -429,7 +520,11 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             })
             .await
         {
-            warn!(error = %e, "could not renew job leases");
+            Ok(renewed) => Some(renewed),
+            Err(e) => {
+                warn!(error = %e, "could not renew job leases");
+                None
+            }
         }
     }
 
@@ -451,6 +546,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 Outcome::Done => done.push(job.id),
                 Outcome::Failed(e) => failed.push((job.clone(), e)),
                 Outcome::Unfinished => unfinished.push(job.id),
+                Outcome::Lost => {}
             }
         }
         let settings = self.inner.settings.clone();

@@ -275,19 +275,20 @@ pub fn release(conn: &mut DbConnection, worker: &str, ids: &[i64]) -> QueryResul
     .execute(conn)
 }
 
-/// Renews the lease of every job `worker` holds.
+/// Renews the lease of every job `worker` holds; returns the ids it still holds.
 pub fn extend_leases(
     conn: &mut DbConnection,
     worker: &str,
     until: NaiveDateTime,
-) -> QueryResult<usize> {
+) -> QueryResult<Vec<i64>> {
     diesel::update(
         jobs::table
             .filter(jobs::locked_by.eq(worker))
             .filter(jobs::status.eq(RUNNING)),
     )
     .set(jobs::locked_until.eq(until))
-    .execute(conn)
+    .returning(jobs::id)
+    .get_results(conn)
 }
 
 /// Returns jobs whose lease ran out (their worker died) to the queue, or to `dead` when that run

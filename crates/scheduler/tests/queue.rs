@@ -462,7 +462,106 @@ async fn a_job_enqueued_by_another_process_wakes_idle_workers_on_postgres() {
     handle.await.unwrap();
 }
 
+async fn a_job_running_longer_than_its_lease_keeps_it(test: TestDb) {
+    let id = enqueue(&test, 1, Behaviour::Sleep(4_500));
+    let ctx = Ctx::default();
+    let settings = RunnerSettings {
+        lease: Duration::from_secs(3),
+        ..fast_settings()
+    };
+    // A second runner polls all along: it must never get the job while the first renews it.
+    let (first, second) = (
+        runner(&test, ctx.clone(), settings.clone()),
+        runner(&test, ctx.clone(), settings),
+    );
+    let (token, handle) = spawn_runner(&first);
+    wait_until_running(&test, id).await;
+    let (token2, handle2) = spawn_runner(&second);
+    assert!(runs_within(&ctx, 1, Duration::from_secs(10)).await);
+    for _ in 0..100 {
+        if storage::find(&mut test.connect(), id).unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    token2.cancel();
+    handle.await.unwrap();
+    handle2.await.unwrap();
+    assert_eq!(
+        ctx.runs_of(1),
+        1,
+        "renewed leases keep the job with its first worker"
+    );
+    assert!(
+        storage::find(&mut test.connect(), id).unwrap().is_none(),
+        "done once"
+    );
+}
+
+async fn a_worker_that_loses_its_lease_stops_the_job(test: TestDb) {
+    let id = enqueue(&test, 1, Behaviour::Sleep(30_000));
+    let settings = RunnerSettings {
+        lease: Duration::from_secs(3),
+        ..fast_settings()
+    };
+    let runner = runner(&test, Ctx::default(), settings);
+    let (token, handle) = spawn_runner(&runner);
+    wait_until_running(&test, id).await;
+    // Another worker took the job over (as after a recovery).
+    diesel::update(jobs::table.find(id))
+        .set(jobs::locked_by.eq("thief"))
+        .execute(&mut test.connect())
+        .unwrap();
+    // At the next renewal (within a second) the runner sees it lost the job and stops it, so its
+    // pass ends long before the 30-second job would.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(3), handle)
+        .await
+        .expect("the lost job was stopped")
+        .unwrap();
+    let job = storage::find(&mut test.connect(), id).unwrap().unwrap();
+    assert_eq!(
+        (job.status.as_str(), job.locked_by.as_deref()),
+        (RUNNING, Some("thief")),
+        "left to its new holder"
+    );
+}
+
+async fn expired_leases_are_recovered_while_workers_are_busy(test: TestDb) {
+    let lost = enqueue(&test, 1, Behaviour::Succeed);
+    claim_as(&mut test.connect(), "dead-worker", 1, -1);
+    let busy = enqueue(&test, 2, Behaviour::Sleep(6_000));
+    let settings = RunnerSettings {
+        lease: Duration::from_secs(3),
+        workers: 1,
+        batch_size: 1,
+        ..fast_settings()
+    };
+    let ctx = Ctx::default();
+    let runner = runner(&test, ctx.clone(), settings);
+    let (token, handle) = spawn_runner(&runner);
+    wait_until_running(&test, busy).await;
+    // The only worker loop is busy for 6 s; the recovery timer (every 1.5 s) still frees the job.
+    let mut recovered = false;
+    for _ in 0..40 {
+        let job = storage::find(&mut test.connect(), lost).unwrap().unwrap();
+        if job.locked_by.as_deref() != Some("dead-worker") {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    token.cancel();
+    handle.await.unwrap();
+    assert!(recovered, "recovered while the worker was busy");
+}
+
 backend_tests!(
+    a_job_running_longer_than_its_lease_keeps_it,
+    a_worker_that_loses_its_lease_stops_the_job,
+    expired_leases_are_recovered_while_workers_are_busy,
     an_enqueue_in_this_process_wakes_idle_workers,
     batch_enqueue_stores_every_job_across_chunks,
     claimed_job_is_invisible_to_other_workers,

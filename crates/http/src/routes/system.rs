@@ -27,11 +27,15 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             Json(json!({"status": "not_ready", "reason": "pending migrations", "pending": status.pending})),
         )
             .into_response(),
-        Err(e) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": e.to_string()})),
-        )
-            .into_response(),
+        Err(e) => {
+            // The cause (host names, driver messages) goes to the log, not to an unauthenticated probe.
+            tracing::warn!(error = %e, "not ready");
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"status": "not_ready", "reason": "the database is unreachable"})),
+            )
+                .into_response()
+        }
     }
 }
 
