@@ -57,6 +57,7 @@ async fn main() -> anyhow::Result<()> {
         secret_key,
         waker,
         timeline: herald_core::timeline::Timeline::default(),
+        templates: herald_templates::Engine::default(),
         metrics: herald_http::metrics_handle(),
     };
     let listener = tokio::net::TcpListener::bind(config.listen)

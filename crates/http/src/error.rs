@@ -8,6 +8,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::CoreError;
 use herald_scheduler::SchedulerError;
+use herald_templates::TemplateError;
 use serde::Serialize;
 
 /// The problem document.
@@ -21,9 +22,18 @@ pub struct Problem {
     pub detail: String,
     /// Stable machine-readable code, e.g. `validation_failed`, `not_found`, `unauthorized`.
     pub code: String,
-    /// For `validation_failed`: the input field at fault, e.g. `emails[1]`.
+    /// For `validation_failed`: the input field at fault, e.g. `emails[1]`; for template errors
+    /// the part (`subject`, `html`, `text`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+    /// For `template_syntax_error`: where, 1-based.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    /// For `missing_values`: every placeholder without a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub missing: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +43,8 @@ pub enum ApiError {
     Core(#[from] CoreError),
     #[error(transparent)]
     Scheduler(SchedulerError),
+    #[error(transparent)]
+    Template(TemplateError),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -93,6 +105,21 @@ impl ApiError {
                 }
                 _ => internal(),
             },
+            ApiError::Template(e) => {
+                let code = match e {
+                    TemplateError::Syntax { .. } => "template_syntax_error",
+                    TemplateError::MissingValues { .. } => "missing_values",
+                    TemplateError::LimitExceeded(_) => "template_limit_exceeded",
+                    _ => "template_render_failed",
+                };
+                let field = match e {
+                    TemplateError::Syntax { part, .. } | TemplateError::Render { part, .. } => {
+                        Some(part.to_string())
+                    }
+                    _ => None,
+                };
+                (StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string(), field)
+            }
             ApiError::Unauthorized(m) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -125,6 +152,15 @@ fn internal() -> (StatusCode, &'static str, String, Option<String>) {
     )
 }
 
+impl From<TemplateError> for ApiError {
+    fn from(e: TemplateError) -> Self {
+        match e {
+            TemplateError::Core(core) => ApiError::Core(core),
+            other => ApiError::Template(other),
+        }
+    }
+}
+
 impl From<SchedulerError> for ApiError {
     fn from(e: SchedulerError) -> Self {
         match e {
@@ -147,6 +183,20 @@ impl IntoResponse for ApiError {
             detail,
             code: code.to_owned(),
             field,
+            line: match &self {
+                ApiError::Template(
+                    TemplateError::Syntax { line, .. } | TemplateError::Render { line, .. },
+                ) => Some(*line),
+                _ => None,
+            },
+            column: match &self {
+                ApiError::Template(TemplateError::Syntax { column, .. }) => Some(*column),
+                _ => None,
+            },
+            missing: match &self {
+                ApiError::Template(TemplateError::MissingValues { names }) => Some(names.clone()),
+                _ => None,
+            },
         };
         let mut response = (status, axum::Json(problem)).into_response();
         response.headers_mut().insert(

@@ -26,7 +26,7 @@ pub use error::{ApiError, Problem};
 pub use state::AppState;
 
 use routes::records::{companies, deals, leads, persons};
-use routes::{me, system};
+use routes::{me, system, templates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -88,6 +88,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(leads::list, leads::create))
         .routes(routes!(leads::get, leads::update, leads::delete))
         .routes(routes!(leads::timeline))
+        .routes(routes!(templates::list, templates::create))
+        .routes(routes!(
+            templates::get,
+            templates::update,
+            templates::delete
+        ))
+        .routes(routes!(templates::render))
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

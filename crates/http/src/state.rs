@@ -17,5 +17,7 @@ pub struct AppState {
     /// Wakes this process's workers after an enqueue.
     pub waker: QueueWaker,
     pub timeline: Timeline,
+    /// Renders templates within the sandbox limits.
+    pub templates: herald_templates::Engine,
     pub metrics: PrometheusHandle,
 }

@@ -2,160 +2,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
+mod support;
 
-use herald_core::Config;
-use herald_core::crypto::SecretKey;
-use herald_core::domain::Plan;
-use herald_core::identity::{Account, ApiToken, NewUser, User};
-use herald_http::AppState;
-use herald_scheduler::QueueWaker;
+use herald_core::identity::ApiToken;
 use herald_testdb::{TestDb, backend_tests};
 use reqwest::StatusCode;
-use secrecy::ExposeSecret;
 use serde_json::{Value, json};
-
-struct TestApp {
-    base: String,
-    client: reqwest::Client,
-    test: TestDb,
-    _server: tokio::task::JoinHandle<()>,
-}
-
-/// A user with a token, in a fresh account.
-struct Login {
-    token: String,
-    user_id: i64,
-    account_id: i64,
-}
-
-impl TestApp {
-    async fn spawn(test: TestDb) -> TestApp {
-        let mut config = Config::default();
-        config.api.body_limit_bytes = 64 * 1024;
-        let state = AppState {
-            db: test.db.clone(),
-            config: Arc::new(config),
-            secret_key: SecretKey::from_base64(&SecretKey::generate_base64()).unwrap(),
-            waker: QueueWaker::new(),
-            timeline: herald_core::timeline::Timeline::default(),
-            metrics: herald_http::metrics_handle(),
-        };
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let server = tokio::spawn(async move {
-            herald_http::serve(listener, state, std::future::pending())
-                .await
-                .unwrap();
-        });
-        TestApp {
-            base,
-            client: reqwest::Client::new(),
-            test,
-            _server: server,
-        }
-    }
-
-    fn login(&self, account: &str, role: &str) -> Login {
-        let mut conn = self.test.connect();
-        let acct = Account::create(&mut conn, account, Plan::Base).unwrap();
-        self.add_user(
-            acct.id,
-            &format!("{role}@{account}.example.com"),
-            role,
-            &mut conn,
-        )
-    }
-
-    fn add_user(
-        &self,
-        account_id: i64,
-        email: &str,
-        role: &str,
-        conn: &mut herald_core::DbConnection,
-    ) -> Login {
-        let user = User::create(
-            conn,
-            account_id,
-            &NewUser {
-                email: email.into(),
-                name: "Someone".into(),
-                role: Some(role.into()),
-            },
-        )
-        .unwrap();
-        let (_, token) = ApiToken::create(conn, user.id, "test").unwrap();
-        Login {
-            token: token.expose_secret().to_owned(),
-            user_id: user.id,
-            account_id,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{}", self.base, path)
-    }
-
-    async fn send(
-        &self,
-        method: reqwest::Method,
-        login: &Login,
-        path: &str,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, self.url(path))
-            .bearer_auth(&login.token);
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        read(request.send().await.unwrap()).await
-    }
-
-    async fn get(&self, login: &Login, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::GET, login, path, None).await
-    }
-
-    async fn post(&self, login: &Login, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::POST, login, path, Some(body))
-            .await
-    }
-
-    async fn patch(&self, login: &Login, path: &str, body: Value) -> (StatusCode, Value) {
-        self.send(reqwest::Method::PATCH, login, path, Some(body))
-            .await
-    }
-
-    async fn delete(&self, login: &Login, path: &str) -> (StatusCode, Value) {
-        self.send(reqwest::Method::DELETE, login, path, None).await
-    }
-}
-
-async fn read(response: reqwest::Response) -> (StatusCode, Value) {
-    let status = response.status();
-    let problem = response
-        .headers()
-        .get("content-type")
-        .is_some_and(|v| v.to_str().unwrap().starts_with("application/problem+json"));
-    let text = response.text().await.unwrap();
-    let value: Value = if text.is_empty() {
-        Value::Null
-    } else {
-        serde_json::from_str(&text).unwrap()
-    };
-    if status.is_client_error() || status.is_server_error() {
-        assert!(problem, "errors are problem+json: {status} {text}");
-        for member in ["type", "title", "status", "detail", "code"] {
-            assert!(
-                value.get(member).is_some(),
-                "problem lacks {member}: {text}"
-            );
-        }
-        assert_eq!(value["status"], status.as_u16());
-    }
-    (status, value)
-}
+use support::{Login, TestApp, read};
 
 async fn requests_without_a_valid_token_are_unauthorized(test: TestDb) {
     let app = TestApp::spawn(test).await;
@@ -542,12 +395,7 @@ async fn concurrent_retries_with_one_idempotency_key_create_once(test: TestDb) {
 async fn only_admins_add_users_and_users_are_listed_with_availability(test: TestDb) {
     let app = TestApp::spawn(test).await;
     let admin = app.login("team", "admin");
-    let member = app.add_user(
-        admin.account_id,
-        "member@team.example.com",
-        "member",
-        &mut app.test.connect(),
-    );
+    let member = app.add_user(admin.account_id, "member@team.example.com", "member");
     let (status, problem) = app
         .post(
             &member,

@@ -164,5 +164,10 @@ pub fn build(
             context.insert("company".into(), company_value(&company));
         }
     }
+    // Every root exists, if only empty, so `{{ deal.title | default('…') }}` works without a deal
+    // and `{% if deal %}` is simply false; printing `{{ deal.title }}` is still a missing value.
+    for root in ROOTS {
+        context.entry(*root).or_insert_with(|| json!({}));
+    }
     Ok(Value::Object(context))
 }

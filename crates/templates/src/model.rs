@@ -82,6 +82,7 @@ struct TemplateRow {
 /// A saved template and the placeholders no context can fill.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct Saved {
+    #[serde(flatten)]
     pub template: Template,
     pub warnings: Vec<Warning>,
 }

@@ -1,6 +1,7 @@
 pub mod me;
 pub mod records;
 pub mod system;
+pub mod templates;
 
 use serde::Serialize;
 
