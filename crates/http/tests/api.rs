@@ -500,6 +500,9 @@ async fn health_readiness_metrics_and_openapi_are_served(test: TestDb) {
         "/healthz",
         "/readyz",
         "/metrics",
+        "/api/v1/templates",
+        "/api/v1/templates/{id}",
+        "/api/v1/templates/{id}/render",
     ] {
         assert!(doc["paths"].get(path).is_some(), "OpenAPI lacks {path}");
     }

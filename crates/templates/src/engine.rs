@@ -1,17 +1,18 @@
 //! The sandboxed renderer: minijinja with no loader (no file access), no environment access, a
 //! curated set of filters, fuel and an output cap.
 //!
-//! Memory is bounded as well as time: operators that build strings (`~`, `+`, `*`, `**`) and
-//! `namespace()` are refused when a template is saved, and the filters that can grow a string
-//! (`join`, `replace`) are replaced by versions capped at the output limit. Without them an
-//! intermediate value is never larger than the data it came from, so fuel (instructions) and the
-//! output cap bound the whole render.
+//! Memory is bounded as well as time. Templates may use placeholders, filters, `{% if %}` and
+//! `{% for %}`; other statements (`set`, `macro`, `call`, `include`…), operators that build
+//! strings (`~`, `+`, `*`, `**`) and `namespace()` are refused when a template is saved, the
+//! filters that can grow a string in one step (`indent`, `format`, `pprint`, `string`, `tojson`)
+//! are removed, and `join` and `replace` are capped at the output limit. What is left only grows
+//! output by emitting it, one value per instruction, so fuel and the output cap bound the render.
 
 use std::collections::BTreeSet;
 use std::fmt;
 use std::io::{self, Write};
 
-use minijinja::machinery::tokenize;
+use minijinja::machinery::{Token, tokenize};
 use minijinja::syntax::SyntaxConfig;
 use minijinja::value::{Serde, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
@@ -121,6 +122,11 @@ pub struct Engine {
 /// Operators that can build a string larger than their inputs.
 const GROWING_OPERATORS: &[&str] = &["`~`", "`+`", "`*`", "`**`"];
 
+/// Statements a template may use. `set`, `macro`, `call`, `with`, `filter` and friends would let
+/// a template bind values that refer to each other (`{% set b = [a, a] %}`), which some filters
+/// and printing then expand exponentially within a single instruction, out of fuel's reach.
+const ALLOWED_STATEMENTS: &[&str] = &["if", "elif", "else", "endif", "for", "endfor"];
+
 impl Engine {
     pub fn new(limits: Limits) -> Self {
         Engine { limits }
@@ -146,7 +152,8 @@ impl Engine {
         });
         env.remove_global("namespace");
         env.remove_global("debug");
-        for filter in ["indent", "format", "pprint"] {
+        // Filters that can build a string much larger than their input in one step.
+        for filter in ["indent", "format", "pprint", "string", "tojson"] {
             env.remove_filter(filter);
         }
         let cap = self.limits.max_output_bytes;
@@ -198,8 +205,25 @@ impl Engine {
                 message: format!("is longer than {} bytes", self.limits.max_source_bytes),
             });
         }
+        let mut after_block_start = false;
         for token in tokenize(source, false, SyntaxConfig::default()) {
             let (token, span) = token.map_err(|e| syntax_error(part, source, &e))?;
+            let statement = after_block_start;
+            after_block_start = matches!(token, Token::BlockStart);
+            if statement
+                && let Token::Ident(name) = token
+                && !ALLOWED_STATEMENTS.contains(&name)
+            {
+                return Err(TemplateError::Syntax {
+                    part,
+                    line: span.start_line as usize,
+                    column: span.start_col as usize + 1,
+                    message: format!(
+                        "`{{% {name} %}}` is not allowed in templates; use placeholders, filters, \
+                         `{{% if %}}` and `{{% for %}}`"
+                    ),
+                });
+            }
             let shown = token.to_string();
             if GROWING_OPERATORS.contains(&shown.as_str()) {
                 return Err(TemplateError::Syntax {

@@ -211,7 +211,8 @@ fn string_building_operators_and_file_access_are_refused() {
             other => panic!("{source}: {other:?}"),
         }
     }
-    // No loader: including or importing another file finds nothing.
+    // No file access: including another file is refused before any lookup (and the environment
+    // has no loader that could find one).
     let err = Engine::default()
         .render(
             &sources("x", None, Some("{% include '/etc/passwd' %}")),
@@ -219,16 +220,43 @@ fn string_building_operators_and_file_access_are_refused() {
         )
         .unwrap_err();
     assert!(
-        matches!(&err, TemplateError::Render { message, .. } if message.contains("passwd")),
+        matches!(&err, TemplateError::Syntax { message, .. } if message.contains("include")),
         "{err:?}"
     );
+}
+
+#[test]
+fn only_if_and_for_statements_are_allowed() {
+    for (source, statement) in [
+        ("{% set a = 'x' %}{{ a }}", "set"),
+        ("{% macro m(x) %}{{ x }}{% endmacro %}", "macro"),
+        ("{% include 'other' %}", "include"),
+        ("{% with a = 1 %}{% endwith %}", "with"),
+    ] {
+        let err = Engine::default()
+            .check(&sources("x", None, Some(source)))
+            .unwrap_err();
+        assert!(
+            matches!(&err, TemplateError::Syntax { message, column: 4, .. } if message.contains(statement)),
+            "{source}: {err:?}"
+        );
+    }
+    Engine::default()
+        .check(&sources(
+            "x",
+            None,
+            Some(
+                "{% if a %}1{% elif b %}2{% else %}3{% endif %}{% for x in y %}{{ x }}{% endfor %}",
+            ),
+        ))
+        .unwrap();
 }
 
 #[test]
 fn namespace_is_not_available() {
     let err = Engine::default()
         .render(
-            &sources("x", None, Some("{% set ns = namespace(s='a') %}{{ ns.s }}")),
+            &sources("x", None, Some("{{ namespace(s='a').s }}")),
             &ann(),
         )
         .unwrap_err();
