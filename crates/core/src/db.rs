@@ -29,6 +29,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn urls_pick_the_backend_and_in_memory_sqlite_is_refused() {
+        assert_eq!(
+            DatabaseUrl::parse("sqlite://data/h.db").unwrap(),
+            DatabaseUrl::Sqlite("data/h.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("postgresql://h/db").unwrap().backend(),
+            BackendKind::Postgres
+        );
+        for bad in [
+            "sqlite://:memory:",
+            "sqlite::memory:",
+            "sqlite://",
+            "mysql://h/db",
+        ] {
+            assert!(
+                matches!(DatabaseUrl::parse(bad), Err(CoreError::Config(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn passwords_are_redacted_in_the_authority_and_the_query() {
         assert_eq!(
             redact_url("postgres://herald:s3cret@db:5432/herald"),
@@ -76,6 +99,12 @@ impl DatabaseUrl {
         {
             if path.is_empty() {
                 return Err(CoreError::Config("the SQLite URL has no file path".into()));
+            }
+            // Each pooled connection would get its own empty in-memory database.
+            if path.contains(":memory:") || path.contains("mode=memory") {
+                return Err(CoreError::Config(
+                    "an in-memory SQLite database is not supported; give a file path".into(),
+                ));
             }
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
@@ -217,7 +246,13 @@ impl DbConnection {
                     Ok(value)
                 }
                 Err(err) => {
-                    <Self as Connection>::TransactionManager::rollback_transaction(self)?;
+                    // The work's error is the one to report; a failed rollback leaves the
+                    // connection marked broken, and the pool drops it.
+                    if let Err(rollback) =
+                        <Self as Connection>::TransactionManager::rollback_transaction(self)
+                    {
+                        tracing::error!(error = %rollback, "rollback failed");
+                    }
                     Err(err)
                 }
             };
@@ -268,6 +303,38 @@ pub fn revert_last_migration(conn: &mut DbConnection) -> Result<String, CoreErro
     }
     .map_err(migration_error)?;
     Ok(reverted.to_string())
+}
+
+/// Whether every embedded migration is applied, reading the migrations table only (no DDL, so a
+/// read-only role can run it): the readiness probe.
+pub fn migrations_current(conn: &mut DbConnection) -> Result<bool, CoreError> {
+    use diesel::migration::MigrationSource;
+    #[derive(QueryableByName)]
+    struct Version {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        version: String,
+    }
+    let embedded: Vec<String> = match conn {
+        DbConnection::Postgres(_) => {
+            MigrationSource::<diesel::pg::Pg>::migrations(&MIGRATIONS_POSTGRES)
+                .map_err(migration_error)?
+                .iter()
+                .map(|m| m.name().version().to_string())
+                .collect()
+        }
+        DbConnection::Sqlite(_) => {
+            MigrationSource::<diesel::sqlite::Sqlite>::migrations(&MIGRATIONS_SQLITE)
+                .map_err(migration_error)?
+                .iter()
+                .map(|m| m.name().version().to_string())
+                .collect()
+        }
+    };
+    let applied: Vec<Version> =
+        diesel::sql_query("SELECT version FROM __diesel_schema_migrations").load(conn)?;
+    Ok(embedded
+        .iter()
+        .all(|v| applied.iter().any(|a| &a.version == v)))
 }
 
 pub fn migration_status(conn: &mut DbConnection) -> Result<MigrationStatus, CoreError> {

@@ -510,7 +510,38 @@ async fn health_readiness_metrics_and_openapi_are_served(test: TestDb) {
     assert!(doc["components"]["securitySchemes"].get("bearer").is_some());
 }
 
+async fn auth_scheme_and_media_type_are_case_insensitive(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let me = app.login("cases", "member");
+    let r = app
+        .client
+        .post(app.url("/api/v1/persons"))
+        .header("authorization", format!("BEARER {}", me.token))
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(r#"{"first_name": "Ann"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read(r).await.0, StatusCode::CREATED);
+}
+
+async fn readiness_fails_while_migrations_are_pending(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let ready = |app: &TestApp| app.client.get(app.url("/readyz")).send();
+    assert_eq!(ready(&app).await.unwrap().status(), StatusCode::OK);
+    herald_core::db::revert_last_migration(&mut app.test.connect()).unwrap();
+    let r = ready(&app).await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = r.json().await.unwrap();
+    assert!(
+        body["reason"].as_str().unwrap().contains("herald migrate"),
+        "{body}"
+    );
+}
+
 backend_tests!(
+    auth_scheme_and_media_type_are_case_insensitive,
+    readiness_fails_while_migrations_are_pending,
     requests_without_a_valid_token_are_unauthorized,
     another_accounts_records_are_not_found,
     records_support_create_read_update_delete,

@@ -4,7 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use herald_core::db::migration_status;
+use herald_core::db::migrations_current;
 use serde_json::json;
 
 use crate::state::AppState;
@@ -19,12 +19,12 @@ pub async fn healthz() -> Json<serde_json::Value> {
 #[utoipa::path(get, path = "/readyz", tag = "system",
     responses((status = 200, description = "ready"), (status = 503, description = "not ready, with the reason")))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
-    let check = state.db.run(migration_status).await;
+    let check = state.db.run(migrations_current).await;
     match check {
-        Ok(status) if status.pending.is_empty() => Json(json!({"status": "ready"})).into_response(),
-        Ok(status) => (
+        Ok(true) => Json(json!({"status": "ready"})).into_response(),
+        Ok(false) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not_ready", "reason": "pending migrations", "pending": status.pending})),
+            Json(json!({"status": "not_ready", "reason": "migrations are pending (run `herald migrate`)"})),
         )
             .into_response(),
         Err(e) => {
