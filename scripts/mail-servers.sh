@@ -12,8 +12,9 @@
 #
 # STATE_DIR defaults to /tmp/herald-mail. Needs root (Postfix's master and Dovecot's master run as
 # root; mail is stored as the `vmail` user). Ports are fixed, so one STATE_DIR runs at a time.
-# Mail to domains other than herald.test is accepted and then bounced (no mail leaves the host);
-# the sending tests use Postfix's smtp-sink (/usr/sbin/smtp-sink) to play failing servers.
+# Mail to domains other than herald.test is refused at RCPT with a 550 (no mail leaves the host).
+# The sending tests use Postfix's smtp-sink to play failing servers; as root it needs a user, e.g.
+# `smtp-sink -u nobody -r rcpt 127.0.0.1:10026 10` answers RCPT with 450 (-f rcpt: 500).
 set -euo pipefail
 
 IMAP_PORT=10143
@@ -31,7 +32,7 @@ die() { printf '\033[1;31m[mail] %s\033[0m\n' "$*" >&2; exit 1; }
 
 usage() { die "usage: $0 start|stop|env [STATE_DIR]   (default STATE_DIR: /tmp/herald-mail)"; }
 
-[ $# -ge 1 ] && [ $# -le 2 ] || usage
+if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
 cmd=$1
 STATE=${2:-/tmp/herald-mail}
 # Absolute, because the path is written into config files and postfix -c insists on it;
@@ -76,7 +77,8 @@ EOF
 dovecot_running() {
     local pid
     pid=$(cat "$DOVECOT_RUN/master.pid" 2>/dev/null) || return 1
-    kill -0 "$pid" 2>/dev/null
+    # A stale pid file (after a reboot, say) may name some other process by now.
+    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = dovecot ]
 }
 
 postfix_running() {
@@ -186,6 +188,9 @@ $dh
 # Tests log in with plain passwords on loopback, with or without TLS.
 disable_plaintext_auth = no
 auth_mechanisms = plain login
+# Tests of wrong passwords should not be slowed down: no 2 s delay per failure, and no
+# per-IP penalty, which would delay every later login from 127.0.0.1 by up to 15 s.
+auth_failure_delay = 0
 
 passdb {
   driver = passwd-file
@@ -242,6 +247,13 @@ service lmtp {
   }
 }
 
+# Without this socket (mode 0: not created) the auth penalty above is off.
+service anvil {
+  unix_listener anvil-auth-penalty {
+    mode = 0
+  }
+}
+
 # Postfix's submission port checks passwords through this socket.
 service auth {
   unix_listener auth-postfix {
@@ -284,7 +296,7 @@ virtual_mailbox_domains = $DOMAIN
 virtual_mailbox_maps = texthash:$POSTFIX_CONF/vmailbox
 virtual_transport = lmtp:inet:127.0.0.1:$LMTP_PORT
 lmtp_host_lookup = native
-# Nothing leaves this host: other domains are accepted, then bounced to the sender.
+# Nothing leaves this host: smtpd refuses other domains at RCPT, since they resolve to error.
 local_transport = error:local delivery is disabled
 default_transport = error:the Herald test MTA delivers only to $DOMAIN
 relay_transport = error:the Herald test MTA delivers only to $DOMAIN
@@ -347,7 +359,8 @@ start() {
         print_env
         return
     fi
-    mkdir -p "$STATE/log" "$STATE/run" "$POSTFIX_CONF"
+    # Postfix chdirs into its queue directory before creating what is below it.
+    mkdir -p "$STATE/log" "$STATE/run" "$POSTFIX_CONF" "$POSTFIX_QUEUE"
     chmod 755 "$STATE"   # Postfix (as user postfix) must reach the Dovecot auth socket below it
     install_packages
 
@@ -373,6 +386,8 @@ start() {
 
     if ! dovecot_running; then
         log "starting Dovecot (IMAP $IMAP_PORT, IMAPS $IMAPS_PORT, LMTP $LMTP_PORT)"
+        # Sockets left by an earlier run (or an earlier config) would be connected to in vain.
+        rm -rf "$DOVECOT_RUN"
         dovecot -c "$DOVECOT_CONF" ||
             { tail -n 20 "$STATE/log/dovecot.log" >&2 2>/dev/null || true
               die "Dovecot did not start (log: $STATE/log/dovecot.log)"; }
@@ -398,20 +413,21 @@ wait_gone() {
 }
 
 stop() {
-    local pid
+    # Signal both first, then wait: each takes a few seconds to wind down.
+    local ppid="" dpid=""
     if postfix_running; then
-        pid=$(tr -d ' ' <"$POSTFIX_QUEUE/pid/master.pid")
+        ppid=$(tr -d ' ' <"$POSTFIX_QUEUE/pid/master.pid")
         log "stopping Postfix"
         postfix -c "$POSTFIX_CONF" stop >>"$STATE/log/postfix-start.log" 2>&1 ||
             die "postfix -c $POSTFIX_CONF stop failed"
-        wait_gone "$pid" || die "Postfix (pid $pid) did not exit"
     fi
     if dovecot_running; then
-        pid=$(cat "$DOVECOT_RUN/master.pid")
+        dpid=$(cat "$DOVECOT_RUN/master.pid")
         log "stopping Dovecot"
-        kill "$pid"
-        wait_gone "$pid" || die "Dovecot (pid $pid) did not exit"
+        kill "$dpid"
     fi
+    if [ -n "$ppid" ]; then wait_gone "$ppid" || die "Postfix (pid $ppid) did not exit"; fi
+    if [ -n "$dpid" ]; then wait_gone "$dpid" || die "Dovecot (pid $dpid) did not exit"; fi
     log "stopped (state kept in $STATE)"
 }
 

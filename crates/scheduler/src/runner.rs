@@ -197,37 +197,98 @@ enum Outcome {
     Lost,
 }
 
-/// A job task's output: its index in the batch and how the run went.
-type JobResult = (usize, Result<(), JobError>);
+/// A job task's output: its slot and how the run went.
+type JobResult = (u64, Result<(), JobError>);
 
-/// Puts a joined task's result in its job's slot; a panic is a temporary failure.
-fn record_joined(
-    joined: Result<(tokio::task::Id, JobResult), tokio::task::JoinError>,
-    ids: &HashMap<tokio::task::Id, usize>,
-    outcomes: &mut [Outcome],
-) {
-    match joined {
-        Ok((_, (index, result))) => {
-            if matches!(outcomes[index], Outcome::Lost) {
-                return;
-            }
-            outcomes[index] = match result {
-                Ok(()) => Outcome::Done,
-                Err(e) => Outcome::Failed(e),
-            };
-        }
-        Err(join_error) => {
-            let Some(&index) = ids.get(&join_error.id()) else {
-                return;
-            };
-            if join_error.is_panic() && !matches!(outcomes[index], Outcome::Lost) {
-                let message = panic_message(join_error.into_panic());
-                outcomes[index] =
-                    Outcome::Failed(JobError::temporary(format!("the job panicked: {message}")));
-            }
+/// The jobs one worker loop has claimed and not yet recorded.
+struct Flight {
+    tasks: JoinSet<JobResult>,
+    /// Running jobs by slot.
+    running: HashMap<u64, (ClaimedJob, tokio::task::AbortHandle)>,
+    /// Task id → slot, so a panicking task can still be attributed to its job.
+    slots: HashMap<tokio::task::Id, u64>,
+    next_slot: u64,
+    /// Finished jobs waiting to be recorded.
+    finished: Vec<(ClaimedJob, Outcome)>,
+    /// When the oldest of them finished.
+    finished_since: Option<tokio::time::Instant>,
+}
+
+impl Flight {
+    fn new() -> Self {
+        Flight {
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            slots: HashMap::new(),
+            next_slot: 0,
+            finished: Vec::new(),
+            finished_since: None,
         }
     }
+
+    fn finish(&mut self, job: ClaimedJob, outcome: Outcome) {
+        self.finished_since
+            .get_or_insert_with(tokio::time::Instant::now);
+        self.finished.push((job, outcome));
+    }
+
+    /// Takes a joined task's result; a panic is a temporary failure, an aborted task unfinished.
+    fn joined(&mut self, joined: Result<(tokio::task::Id, JobResult), tokio::task::JoinError>) {
+        let (slot, outcome) = match joined {
+            Ok((id, (slot, result))) => {
+                self.slots.remove(&id);
+                (
+                    slot,
+                    match result {
+                        Ok(()) => Outcome::Done,
+                        Err(e) => Outcome::Failed(e),
+                    },
+                )
+            }
+            Err(join_error) => {
+                let Some(slot) = self.slots.remove(&join_error.id()) else {
+                    return;
+                };
+                let outcome = if join_error.is_panic() {
+                    let message = panic_message(join_error.into_panic());
+                    Outcome::Failed(JobError::temporary(format!("the job panicked: {message}")))
+                } else {
+                    Outcome::Unfinished
+                };
+                (slot, outcome)
+            }
+        };
+        // A job stopped for a lost lease was already recorded as lost.
+        if let Some((job, _)) = self.running.remove(&slot) {
+            self.finish(job, outcome);
+        }
+    }
+
+    /// Stops a running job whose lease is gone.
+    fn lose(&mut self, job_id: i64) {
+        let slot = self
+            .running
+            .iter()
+            .find(|(_, (job, _))| job.id == job_id)
+            .map(|(slot, _)| *slot);
+        if let Some((job, abort)) = slot.and_then(|slot| self.running.remove(&slot)) {
+            warn!(
+                job.id = job.id,
+                "lost the lease on a running job; stopping it here"
+            );
+            abort.abort();
+            self.finish(job, Outcome::Lost);
+        }
+    }
+
+    fn take_finished(&mut self) -> Vec<(ClaimedJob, Outcome)> {
+        self.finished_since = None;
+        std::mem::take(&mut self.finished)
+    }
 }
+
+/// How long a finished job may wait for batch-mates before its outcome is written.
+const RECORD_DELAY: Duration = Duration::from_millis(50);
 
 impl<C: Clone + Send + Sync + 'static> Runner<C> {
     pub fn builder(db: Db, context: C) -> RunnerBuilder<C> {
@@ -304,18 +365,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let mut loops = JoinSet::new();
         for n in 0..self.inner.settings.workers {
             let worker = format!("{}-drain-{n}", self.inner.instance);
-            let this = self.clone();
-            loops.spawn(async move {
-                let never = CancellationToken::new();
-                let mut total = PassStats::default();
-                loop {
-                    let stats = this.pass(&worker, &never).await;
-                    if stats.claimed == 0 {
-                        return total;
-                    }
-                    total.add(stats);
-                }
-            });
+            loops.spawn(self.clone().drive(worker, CancellationToken::new(), true));
         }
         let mut total = PassStats::default();
         while let Some(stats) = loops.join_next().await {
@@ -327,23 +377,129 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
     }
 
     async fn worker_loop(self, worker: String, shutdown: CancellationToken) {
+        self.drive(worker, shutdown, false).await;
+    }
+
+    /// One worker loop: keeps up to two batches of jobs running, claiming a batch whenever one
+    /// batch's worth of slots is free, and records outcomes in groups (one acknowledgement for
+    /// many jobs, or whatever finished within 50 ms). With
+    /// `until_empty` it returns once nothing is due and nothing runs; otherwise on shutdown.
+    async fn drive(
+        self,
+        worker: String,
+        shutdown: CancellationToken,
+        until_empty: bool,
+    ) -> PassStats {
+        let settings = self.inner.settings.clone();
+        // Up to two batches in flight: a full batch is claimed whenever one batch's worth of
+        // slots is free, so slow jobs never stop the loop from claiming and round trips stay one
+        // claim and one acknowledgement per batch.
+        let batch = settings.batch_size.max(1) as usize;
+        let capacity = 2 * batch;
+        let refill_at = batch;
+        let renew_every = settings.lease / 3;
+        let mut renew =
+            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_renewed = tokio::time::Instant::now();
         let mut wake_ups = self.inner.waker.subscribe();
-        let mut idle_rounds: u32 = 0;
-        while !shutdown.is_cancelled() {
-            let stats = self.pass(&worker, &shutdown).await;
-            if stats.claimed > 0 {
-                idle_rounds = 0;
+        let mut flight = Flight::new();
+        let mut stats = PassStats::default();
+        // Whether a claim may find something: false after a claim came back short, true again
+        // after a wake-up or a poll interval.
+        let mut maybe_due = true;
+        let mut next_poll = tokio::time::Instant::now();
+        let mut grace: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        loop {
+            let stopping = shutdown.is_cancelled();
+            let free = capacity - flight.running.len();
+            if !stopping && maybe_due && free >= refill_at.min(capacity) {
+                let claimed = self.claim(&worker, free as i64).await;
+                maybe_due = claimed.len() == free;
+                if !maybe_due {
+                    next_poll = tokio::time::Instant::now() + settings.poll_interval;
+                }
+                stats.claimed += claimed.len();
+                self.start(&mut flight, claimed);
+            }
+            let record_now = !flight.finished.is_empty()
+                && (flight.running.is_empty()
+                    || flight.finished.len() >= refill_at
+                    || flight
+                        .finished_since
+                        .is_some_and(|t| t.elapsed() >= RECORD_DELAY));
+            if record_now {
+                let recorded = self.record(&worker, flight.take_finished()).await;
+                // Draining: a retry due at once (no backoff) is picked up before returning.
+                maybe_due |= until_empty && (recorded.retried > 0 || recorded.released > 0);
+                stats.add(recorded);
                 continue;
             }
-            // Idle: recover expired leases now and then, and wait for a wake-up or the next poll.
-            if idle_rounds.is_multiple_of(20) {
-                self.recover_expired().await;
+            if flight.running.is_empty() {
+                if stopping || (until_empty && !maybe_due) {
+                    return stats;
+                }
+                if !maybe_due {
+                    // Idle: wait for a wake-up (an enqueue here, or NOTIFY) or the next poll.
+                    tokio::select! {
+                        _ = shutdown.cancelled() => {}
+                        _ = wake_ups.changed() => {}
+                        _ = tokio::time::sleep(settings.poll_interval) => {}
+                    }
+                    maybe_due = true;
+                }
+                continue;
             }
-            idle_rounds = idle_rounds.wrapping_add(1);
+            let record_deadline = flight.finished_since.map(|t| t + RECORD_DELAY);
             tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = wake_ups.changed() => {}
-                _ = tokio::time::sleep(self.inner.settings.poll_interval) => {}
+                joined = flight.tasks.join_next_with_id() => {
+                    if let Some(joined) = joined {
+                        flight.joined(joined);
+                    }
+                }
+                _ = async { if let Some(at) = record_deadline { tokio::time::sleep_until(at).await } }, if record_deadline.is_some() => {}
+                _ = wake_ups.changed(), if !maybe_due => maybe_due = true,
+                // Jobs that become due by time (scheduled, backed off) have no wake-up: poll for
+                // them on a fixed schedule even while jobs keep finishing.
+                _ = tokio::time::sleep_until(next_poll), if !maybe_due && !until_empty => maybe_due = true,
+                _ = renew.tick() => {
+                    match self.renew(&worker).await {
+                        Some(held) => {
+                            last_renewed = tokio::time::Instant::now();
+                            let lost: Vec<i64> = flight
+                                .running
+                                .values()
+                                .map(|(job, _)| job.id)
+                                .filter(|id| !held.contains(id))
+                                .collect();
+                            for id in lost {
+                                flight.lose(id);
+                            }
+                        }
+                        // Cannot reach the database: once the lease may have run out elsewhere,
+                        // stop rather than risk running alongside a new holder.
+                        None if last_renewed.elapsed() + renew_every >= settings.lease => {
+                            error!("could not renew job leases before they ran out; stopping the running jobs");
+                            let ids: Vec<i64> = flight.running.values().map(|(job, _)| job.id).collect();
+                            for id in ids {
+                                flight.lose(id);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                _ = shutdown.cancelled(), if grace.is_none() => {
+                    info!(in_flight = flight.running.len(), "shutting down: letting in-flight jobs finish");
+                    grace = Some(Box::pin(tokio::time::sleep(settings.shutdown_grace)));
+                }
+                _ = async { if let Some(g) = grace.as_mut() { g.await } }, if grace.is_some() => {
+                    warn!(in_flight = flight.running.len(), "grace period over: releasing unfinished jobs");
+                    flight.tasks.abort_all();
+                    // Jobs that finished meanwhile keep their outcome; aborted ones are unfinished.
+                    while let Some(joined) = flight.tasks.join_next_with_id().await {
+                        flight.joined(joined);
+                    }
+                }
             }
         }
     }
@@ -361,13 +517,11 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         }
     }
 
-    /// Claims one batch, runs it, and records every outcome.
-    async fn pass(&self, worker: &str, shutdown: &CancellationToken) -> PassStats {
-        let settings = &self.inner.settings;
-        let lease = TimeDelta::from_std(settings.lease).unwrap_or(TimeDelta::minutes(5));
+    /// Claims up to `limit` due jobs; none when the database cannot be reached (logged).
+    async fn claim(&self, worker: &str, limit: i64) -> Vec<ClaimedJob> {
+        let lease = TimeDelta::from_std(self.inner.settings.lease).unwrap_or(TimeDelta::minutes(5));
         let job_types = self.inner.job_types.clone();
         let owner = worker.to_owned();
-        let limit = settings.batch_size;
         let claimed = self
             .inner
             .db
@@ -383,35 +537,19 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 )?)
             })
             .await;
-        let claimed = match claimed {
+        match claimed {
             Ok(jobs) => jobs,
             Err(e) => {
                 error!(error = %e, "could not claim jobs");
-                tokio::time::sleep(settings.poll_interval).await;
-                return PassStats::default();
+                tokio::time::sleep(self.inner.settings.poll_interval).await;
+                Vec::new()
             }
-        };
-        if claimed.is_empty() {
-            return PassStats::default();
         }
-        let outcomes = self.run_batch(worker, &claimed, shutdown).await;
-        self.record(worker, &claimed, outcomes).await
     }
 
-    /// Runs the claimed jobs concurrently, each in its own task so a panic is caught as a failure;
-    /// renews the lease while they run.
-    async fn run_batch(
-        &self,
-        worker: &str,
-        claimed: &[ClaimedJob],
-        shutdown: &CancellationToken,
-    ) -> Vec<Outcome> {
-        let mut outcomes: Vec<Outcome> = claimed.iter().map(|_| Outcome::Unfinished).collect();
-        let mut tasks = JoinSet::new();
-        // Task id → batch index, so a panicking task can still be attributed to its job.
-        let mut ids: HashMap<tokio::task::Id, usize> = HashMap::new();
-        let mut aborts: HashMap<usize, tokio::task::AbortHandle> = HashMap::new();
-        for (index, job) in claimed.iter().enumerate() {
+    /// Starts each claimed job in its own task, so a panic is caught as a failure.
+    fn start(&self, flight: &mut Flight, claimed: Vec<ClaimedJob>) {
+        for job in claimed {
             let span = info_span!("job", job.id = job.id, job.type = %job.job_type, job.attempt = job.attempts);
             let started = match self.inner.jobs.get(job.job_type.as_str()) {
                 Some(run) => run(self.inner.context.clone(), &job.payload),
@@ -420,87 +558,29 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                     job.job_type
                 ))),
             };
-            match started {
-                Ok(fut) => {
-                    let job_type = job.job_type.clone();
-                    let handle = tasks.spawn(
-                        async move {
-                            let t = std::time::Instant::now();
-                            let result = fut.await;
-                            metrics::histogram!("herald_job_duration_seconds", "job" => job_type)
-                                .record(t.elapsed().as_secs_f64());
-                            (index, result)
-                        }
-                        .instrument(span),
-                    );
-                    ids.insert(handle.id(), index);
-                    aborts.insert(index, handle);
+            let fut = match started {
+                Ok(fut) => fut,
+                Err(e) => {
+                    flight.finish(job, Outcome::Failed(e));
+                    continue;
                 }
-                Err(e) => outcomes[index] = Outcome::Failed(e),
-            }
+            };
+            let slot = flight.next_slot;
+            flight.next_slot += 1;
+            let job_type = job.job_type.clone();
+            let handle = flight.tasks.spawn(
+                async move {
+                    let started = std::time::Instant::now();
+                    let result = fut.await;
+                    metrics::histogram!("herald_job_duration_seconds", "job" => job_type)
+                        .record(started.elapsed().as_secs_f64());
+                    (slot, result)
+                }
+                .instrument(span),
+            );
+            flight.slots.insert(handle.id(), slot);
+            flight.running.insert(slot, (job, handle));
         }
-        let lease = self.inner.settings.lease;
-        let renew_every = lease / 3;
-        let mut renew =
-            tokio::time::interval_at(tokio::time::Instant::now() + renew_every, renew_every);
-        let mut last_renewed = tokio::time::Instant::now();
-        let mut deadline: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
-            tokio::select! {
-                joined = tasks.join_next_with_id() => match joined {
-                    None => break,
-                    Some(joined) => record_joined(joined, &ids, &mut outcomes),
-                },
-                _ = renew.tick() => {
-                    let running: Vec<i64> = outcomes
-                        .iter()
-                        .zip(claimed)
-                        .filter(|(o, _)| matches!(o, Outcome::Unfinished))
-                        .map(|(_, job)| job.id)
-                        .collect();
-                    match self.renew(worker).await {
-                        Some(renewed) => {
-                            last_renewed = tokio::time::Instant::now();
-                            // A job whose lease was taken over (recovered by another worker) must
-                            // stop here: the new holder runs it.
-                            for (index, job) in claimed.iter().enumerate() {
-                                if running.contains(&job.id) && !renewed.contains(&job.id) {
-                                    warn!(job.id = job.id, "lost the lease on a running job; stopping it here");
-                                    outcomes[index] = Outcome::Lost;
-                                    if let Some(task) = aborts.get(&index) { task.abort(); }
-                                }
-                            }
-                        }
-                        // Cannot reach the database: once the lease may have run out elsewhere,
-                        // stop rather than risk running alongside a new holder.
-                        None if last_renewed.elapsed() + renew_every >= lease => {
-                            error!("could not renew job leases before they ran out; stopping the batch");
-                            for (index, outcome) in outcomes.iter_mut().enumerate() {
-                                if matches!(outcome, Outcome::Unfinished) {
-                                    *outcome = Outcome::Lost;
-                                    if let Some(task) = aborts.get(&index) { task.abort(); }
-                                }
-                            }
-                        }
-                        None => {}
-                    }
-                }
-                _ = shutdown.cancelled(), if deadline.is_none() => {
-                    info!(in_flight = tasks.len(), "shutting down: letting in-flight jobs finish");
-                    deadline = Some(Box::pin(tokio::time::sleep(self.inner.settings.shutdown_grace)));
-                }
-                _ = async { if let Some(d) = deadline.as_mut() { d.await } }, if deadline.is_some() => {
-                    warn!(in_flight = tasks.len(), "grace period over: releasing unfinished jobs");
-                    tasks.abort_all();
-                    // Jobs that finished meanwhile keep their outcome; aborted ones stay unfinished.
-                    while let Some(joined) = tasks.join_next_with_id().await {
-                        record_joined(joined, &ids, &mut outcomes);
-                    }
-                    break;
-                }
-            }
-        }
-        outcomes
     }
 
     /// Renews the lease of every job this worker holds; the ids still held, or `None` when the
@@ -520,7 +600,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             })
             .await
         {
-            Ok(renewed) => Some(renewed),
+            Ok(held) => Some(held),
             Err(e) => {
                 warn!(error = %e, "could not renew job leases");
                 None
@@ -528,23 +608,16 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         }
     }
 
-    async fn record(
-        &self,
-        worker: &str,
-        claimed: &[ClaimedJob],
-        outcomes: Vec<Outcome>,
-    ) -> PassStats {
-        let mut stats = PassStats {
-            claimed: claimed.len(),
-            ..PassStats::default()
-        };
+    /// Writes the outcomes in one transaction: successes acknowledged in one statement, failures
+    /// retried later or buried, unfinished jobs released.
+    async fn record(&self, worker: &str, finished: Vec<(ClaimedJob, Outcome)>) -> PassStats {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         let mut unfinished = Vec::new();
-        for (job, outcome) in claimed.iter().zip(outcomes) {
+        for (job, outcome) in finished {
             match outcome {
                 Outcome::Done => done.push(job.id),
-                Outcome::Failed(e) => failed.push((job.clone(), e)),
+                Outcome::Failed(e) => failed.push((job, e)),
                 Outcome::Unfinished => unfinished.push(job.id),
                 Outcome::Lost => {}
             }
@@ -588,21 +661,20 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             })
             .await;
         match result {
-            Ok(s) => {
-                stats.succeeded = s.succeeded;
-                stats.retried = s.retried;
-                stats.dead = s.dead;
-                stats.released = s.released;
-                if s.succeeded > 0 {
+            Ok(stats) => {
+                if stats.succeeded > 0 {
                     metrics::counter!("herald_jobs_total", "job" => "all", "outcome" => "done")
-                        .increment(s.succeeded as u64);
+                        .increment(stats.succeeded as u64);
                 }
-                debug!(?stats, "batch recorded");
+                debug!(?stats, "outcomes recorded");
+                stats
             }
-            // The lease will expire and the jobs be recovered: nothing is lost.
-            Err(e) => error!(error = %e, "could not record job outcomes"),
+            // The leases will expire and the jobs be recovered: nothing is lost.
+            Err(e) => {
+                error!(error = %e, "could not record job outcomes");
+                PassStats::default()
+            }
         }
-        stats
     }
 }
 

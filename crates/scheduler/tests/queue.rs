@@ -532,22 +532,27 @@ async fn a_worker_that_loses_its_lease_stops_the_job(test: TestDb) {
 async fn expired_leases_are_recovered_while_workers_are_busy(test: TestDb) {
     let lost = enqueue(&test, 1, Behaviour::Succeed);
     claim_as(&mut test.connect(), "dead-worker", 1, -1);
-    let busy = enqueue(&test, 2, Behaviour::Sleep(6_000));
+    // One worker loop with room for two jobs (two batches of one), both taken by slow jobs.
+    let busy = [
+        enqueue(&test, 2, Behaviour::Sleep(6_000)),
+        enqueue(&test, 3, Behaviour::Sleep(6_000)),
+    ];
     let settings = RunnerSettings {
         lease: Duration::from_secs(3),
         workers: 1,
         batch_size: 1,
         ..fast_settings()
     };
-    let ctx = Ctx::default();
-    let runner = runner(&test, ctx.clone(), settings);
+    let runner = runner(&test, Ctx::default(), settings);
     let (token, handle) = spawn_runner(&runner);
-    wait_until_running(&test, busy).await;
-    // The only worker loop is busy for 6 s; the recovery timer (every 1.5 s) still frees the job.
+    for id in busy {
+        wait_until_running(&test, id).await;
+    }
+    // The recovery timer (every 1.5 s) frees the dead worker's job even though no loop is idle.
     let mut recovered = false;
     for _ in 0..40 {
         let job = storage::find(&mut test.connect(), lost).unwrap().unwrap();
-        if job.locked_by.as_deref() != Some("dead-worker") {
+        if job.status == QUEUED && job.locked_by.is_none() {
             recovered = true;
             break;
         }
@@ -558,7 +563,47 @@ async fn expired_leases_are_recovered_while_workers_are_busy(test: TestDb) {
     assert!(recovered, "recovered while the worker was busy");
 }
 
+async fn a_slow_job_does_not_hold_back_the_others(test: TestDb) {
+    let slow = enqueue(&test, 0, Behaviour::Sleep(5_000));
+    let fast: Vec<i64> = (1..=6)
+        .map(|n| enqueue(&test, n, Behaviour::Sleep(10)))
+        .collect();
+    let settings = RunnerSettings {
+        workers: 1,
+        batch_size: 4,
+        ..fast_settings()
+    };
+    let ctx = Ctx::default();
+    let runner = runner(&test, ctx.clone(), settings);
+    let (token, handle) = spawn_runner(&runner);
+    // All six fast jobs run and are acknowledged while the slow one is still running.
+    let mut fast_done = false;
+    for _ in 0..40 {
+        let mut conn = test.connect();
+        if fast
+            .iter()
+            .all(|id| storage::find(&mut conn, *id).unwrap().is_none())
+        {
+            fast_done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let slow_job = storage::find(&mut test.connect(), slow).unwrap().unwrap();
+    token.cancel();
+    handle.await.unwrap();
+    assert!(
+        fast_done,
+        "fast jobs finished and were acknowledged within two seconds"
+    );
+    assert_eq!(slow_job.status, RUNNING, "while the slow one still ran");
+    for n in 1..=6 {
+        assert_eq!(ctx.runs_of(n), 1);
+    }
+}
+
 backend_tests!(
+    a_slow_job_does_not_hold_back_the_others,
     a_job_running_longer_than_its_lease_keeps_it,
     a_worker_that_loses_its_lease_stops_the_job,
     expired_leases_are_recovered_while_workers_are_busy,
