@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs Herald's whole test suite on both backends, bringing up what it needs first:
-# PostgreSQL (started, or installed from Debian's packages when absent).
-# Later services (Dovecot, the MTA) are brought up here too, by their own functions.
+# PostgreSQL (started, or installed from Debian's packages when absent), and Dovecot and Postfix
+# on loopback (scripts/mail-servers.sh).
 #
 #   scripts/test.sh                 # everything
 #   scripts/test.sh -p herald-http  # extra arguments go to the test runner
@@ -12,6 +12,8 @@ cd "$(dirname "$0")/.."
 
 ensure_postgres
 drop_stale_test_databases
+# Dovecot and Postfix on loopback for the mailbox tests (installed on first use).
+eval "$(scripts/mail-servers.sh start)"
 
 if cargo nextest --version >/dev/null 2>&1; then
     log "running the suite with cargo nextest"
