@@ -11,7 +11,7 @@ use herald_scheduler::{SchedulerError, cancel_job, retry_job, storage};
 use secrecy::ExposeSecret;
 use serde_json::{Value, json};
 
-use crate::{AccountCommand, Cli, Command, JobsCommand, TokenCommand, UserCommand};
+use crate::{AccountCommand, Cli, Command, JobsCommand, MailboxCommand, TokenCommand, UserCommand};
 
 /// What a command prints: a line for people and an object for `--json`.
 pub struct Output {
@@ -166,6 +166,81 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
                 format!("job {id} is queued to run now"),
                 json!({ "job": job }),
             ))
+        }
+        Command::Mailbox(MailboxCommand::List) => {
+            let mailboxes = herald_mailbox::Mailbox::list_all(conn).map_err(CoreError::from)?;
+            let views: Vec<_> = mailboxes.iter().map(|m| m.view()).collect();
+            let mut text = format!(
+                "{:>6}  {:<32} {:<8} {:<12} {:<8} last error",
+                "id", "address", "owner", "state", "sending"
+            );
+            for m in &views {
+                text.push_str(&format!(
+                    "\n{:>6}  {:<32} {:<8} {:<12} {:<8} {}",
+                    m.id,
+                    m.address,
+                    m.owner_id,
+                    m.state,
+                    if m.sending_enabled { "yes" } else { "no" },
+                    m.last_error.as_deref().unwrap_or("")
+                ));
+            }
+            if views.is_empty() {
+                text = "no mailboxes".into();
+            }
+            Ok(Output::new(text, json!({ "mailboxes": views })))
+        }
+        Command::Mailbox(MailboxCommand::Test { id }) => {
+            let mailbox = herald_mailbox::Mailbox::find_any(conn, id)?;
+            let (key, _) =
+                SecretKey::load_or_generate(config.secret_key.as_ref(), &config.data_dir)?;
+            let imap = mailbox.imap_settings(&key)?;
+            let smtp = mailbox.smtp_settings(&key)?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (imap_result, smtp_result) = runtime.block_on(async {
+                let imap_result = herald_mailbox::connect::check_imap(&imap).await;
+                let smtp_result = match &smtp {
+                    Some(smtp) => Some(herald_mailbox::connect::check_smtp(smtp).await),
+                    None => None,
+                };
+                (imap_result, smtp_result)
+            });
+            let mut text = match &imap_result {
+                Ok(r) => format!(
+                    "imap ok: {}:{}\n  greeting: {}\n  capabilities: {}",
+                    imap.host,
+                    imap.port,
+                    r.greeting,
+                    r.capabilities.join(" ")
+                ),
+                Err(e) => format!("imap FAILED: {e}"),
+            };
+            match &smtp_result {
+                Some(Ok(r)) => text.push_str(&format!(
+                    "\nsmtp ok: {}\n  capabilities: {}",
+                    smtp.as_ref()
+                        .map(|s| format!("{}:{}", s.host, s.port))
+                        .unwrap_or_default(),
+                    r.capabilities.join(" ")
+                )),
+                Some(Err(e)) => text.push_str(&format!("\nsmtp FAILED: {e}")),
+                None => text.push_str("\nsmtp: not configured"),
+            }
+            let report = json!({
+                "imap": match &imap_result { Ok(r) => json!({"ok": true, "greeting": r.greeting, "capabilities": r.capabilities}), Err(e) => json!({"ok": false, "error": e.to_string()}) },
+                "smtp": match &smtp_result { Some(Ok(r)) => json!({"ok": true, "capabilities": r.capabilities}), Some(Err(e)) => json!({"ok": false, "error": e.to_string()}), None => Value::Null },
+            });
+            let failed = imap_result.is_err() || matches!(smtp_result, Some(Err(_)));
+            if failed {
+                return Err(DoctorFailed {
+                    summary: text,
+                    report,
+                }
+                .into());
+            }
+            Ok(Output::new(text, report))
         }
         Command::Jobs(JobsCommand::Cancel { id }) => {
             let job = cancel_job(conn, id)?;

@@ -45,6 +45,17 @@ pub enum Command {
     Jobs(JobsCommand),
     /// Check the database, the migrations and the configuration.
     Doctor,
+    /// Connected mailboxes.
+    #[command(subcommand)]
+    Mailbox(MailboxCommand),
+}
+
+#[derive(Subcommand)]
+pub enum MailboxCommand {
+    /// Every mailbox, with its state.
+    List,
+    /// Connect to a mailbox's servers now and show what they answered.
+    Test { id: i64 },
 }
 
 #[derive(Subcommand)]

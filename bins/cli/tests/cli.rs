@@ -238,7 +238,72 @@ async fn migrate_reverts_and_reapplies(test: TestDb) {
     );
 }
 
+async fn mailboxes_are_listed_and_tested_against_their_servers(test: TestDb) {
+    let cli = Cli::new(test);
+    let env = |name: &str| {
+        std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: run scripts/test.sh"))
+    };
+    let mut conn = cli.test.connect();
+    let account =
+        herald_core::identity::Account::create(&mut conn, "Mail", herald_core::domain::Plan::Base)
+            .unwrap();
+    let user = herald_core::identity::User::create(
+        &mut conn,
+        account.id,
+        &herald_core::identity::NewUser {
+            email: "alice@herald.test".into(),
+            name: "Alice".into(),
+            role: None,
+        },
+    )
+    .unwrap();
+    let input: herald_mailbox::MailboxInput = serde_json::from_value(serde_json::json!({
+        "address": "alice@herald.test",
+        "imap": {"host": env("HERALD_TEST_IMAP_HOST"), "port": env("HERALD_TEST_IMAP_PORT").parse::<u16>().unwrap(),
+                 "security": "none", "username": "alice@herald.test", "password": "alice-pass"},
+        "smtp": {"host": env("HERALD_TEST_SMTP_HOST"), "port": env("HERALD_TEST_SUBMISSION_PORT").parse::<u16>().unwrap(),
+                 "security": "starttls", "username": "alice@herald.test", "password": "alice-pass"},
+        "sending_enabled": true,
+        "verify_tls": false
+    }))
+    .unwrap();
+    // The CLI reads the key from the data dir, as herald-api wrote it there.
+    let (key, _) = herald_core::crypto::SecretKey::load_or_generate(None, cli.data.path()).unwrap();
+    let limits = herald_core::config::PlanLimits::default();
+    let draft = herald_mailbox::Draft::prepare(&mut conn, limits, &user, &input).unwrap();
+    let mailbox = conn
+        .write(|conn| draft.insert(conn, &key, limits, account.id))
+        .unwrap();
+
+    let (code, list, _) = cli.run(&["mailbox", "list"]);
+    assert_eq!(code, 0);
+    assert_eq!(list["mailboxes"][0]["address"], "alice@herald.test");
+    let (code, report, _) = cli.run(&["mailbox", "test", &mailbox.id.to_string()]);
+    assert_eq!(code, 0, "{report}");
+    assert_eq!(
+        (
+            report["imap"]["ok"].as_bool(),
+            report["smtp"]["ok"].as_bool()
+        ),
+        (Some(true), Some(true))
+    );
+    assert!(
+        report["imap"]["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c == "IDLE"),
+        "{report}"
+    );
+    let (code, error, _) = cli.run(&["mailbox", "test", "999999"]);
+    assert_eq!(
+        (code, error["error"]["code"].as_str()),
+        (3, Some("not_found"))
+    );
+}
+
 backend_tests!(
+    mailboxes_are_listed_and_tested_against_their_servers,
     accounts_users_and_tokens_are_created_and_revoked,
     errors_are_json_with_a_code_and_a_non_zero_exit,
     jobs_are_listed_retried_and_cancelled,

@@ -39,6 +39,26 @@ pub struct Config {
     pub db_pool_size: u32,
     pub queue: QueueConfig,
     pub api: ApiConfig,
+    pub plans: PlanLimits,
+}
+
+/// The plan limits on mailboxes (E3), in one place; `[plans]` in the config.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct PlanLimits {
+    /// `base`: mailboxes with sending enabled, per user.
+    pub base_sending_mailboxes: usize,
+    /// `automation`: mailboxes per user (each may send).
+    pub automation_mailboxes: usize,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            base_sending_mailboxes: 1,
+            automation_mailboxes: 3,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -107,6 +127,7 @@ impl Default for Config {
             db_pool_size: 10,
             queue: QueueConfig::default(),
             api: ApiConfig::default(),
+            plans: PlanLimits::default(),
         }
     }
 }
@@ -231,6 +252,7 @@ impl fmt::Debug for Config {
             .field("db_pool_size", &self.db_pool_size)
             .field("queue", &self.queue)
             .field("api", &self.api)
+            .field("plans", &self.plans)
             .finish()
     }
 }

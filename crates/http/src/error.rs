@@ -7,6 +7,7 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use herald_core::CoreError;
+use herald_mailbox::MailboxError;
 use herald_scheduler::SchedulerError;
 use herald_templates::TemplateError;
 use serde::Serialize;
@@ -45,6 +46,8 @@ pub enum ApiError {
     Scheduler(SchedulerError),
     #[error(transparent)]
     Template(TemplateError),
+    #[error(transparent)]
+    Mailbox(MailboxError),
     #[error("{0}")]
     Unauthorized(&'static str),
     #[error("{0}")]
@@ -120,6 +123,21 @@ impl ApiError {
                 };
                 (StatusCode::UNPROCESSABLE_ENTITY, code, e.to_string(), field)
             }
+            ApiError::Mailbox(e) => match e {
+                MailboxError::Plan(v) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "plan_limit",
+                    format!("{} (rule {}, limit {})", v.message, v.rule, v.limit),
+                    Some("sending_enabled".to_owned()),
+                ),
+                MailboxError::Connect(c) => (
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "mailbox_connection_failed",
+                    c.to_string(),
+                    Some(c.side.to_string()),
+                ),
+                _ => internal(),
+            },
             ApiError::Unauthorized(m) => (
                 StatusCode::UNAUTHORIZED,
                 "unauthorized",
@@ -150,6 +168,15 @@ fn internal() -> (StatusCode, &'static str, String, Option<String>) {
         "an internal error occurred; it has been logged".into(),
         None,
     )
+}
+
+impl From<MailboxError> for ApiError {
+    fn from(e: MailboxError) -> Self {
+        match e {
+            MailboxError::Core(core) => ApiError::Core(core),
+            other => ApiError::Mailbox(other),
+        }
+    }
 }
 
 impl From<TemplateError> for ApiError {

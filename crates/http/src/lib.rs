@@ -26,7 +26,7 @@ pub use error::{ApiError, Problem};
 pub use state::AppState;
 
 use routes::records::{companies, deals, leads, persons};
-use routes::{me, system, templates};
+use routes::{mailboxes, me, system, templates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -95,6 +95,12 @@ fn api_routes() -> OpenApiRouter<AppState> {
             templates::delete
         ))
         .routes(routes!(templates::render))
+        .routes(routes!(mailboxes::list, mailboxes::create))
+        .routes(routes!(
+            mailboxes::get,
+            mailboxes::update,
+            mailboxes::delete
+        ))
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -1,3 +1,8 @@
 #![doc = include_str!("../README.md")]
 
 pub mod connect;
+pub mod model;
+pub mod plan;
+pub mod schema;
+
+pub use model::{Draft, Mailbox, MailboxError, MailboxInput, MailboxPatch, MailboxView};

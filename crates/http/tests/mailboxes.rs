@@ -1,0 +1,273 @@
+//! Mailboxes over the API on both backends, checked against the real loopback Dovecot and
+//! Postfix (`scripts/test.sh` starts them): connect, failures per side, plan rules, visibility,
+//! secrets never shown.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use diesel::prelude::*;
+use herald_testdb::{TestDb, backend_tests};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{Login, TestApp};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
+        )
+    })
+}
+
+/// A mailbox for `user` (alice, bob or carol) on the loopback servers.
+fn mailbox(user: &str, sending: bool) -> Value {
+    json!({
+        "address": format!("{user}@herald.test"),
+        "display_name": user,
+        "imap": {"host": env("HERALD_TEST_IMAP_HOST"), "port": env("HERALD_TEST_IMAP_PORT").parse::<u16>().unwrap(),
+                 "security": "starttls", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
+        "smtp": {"host": env("HERALD_TEST_SMTP_HOST"), "port": env("HERALD_TEST_SUBMISSION_PORT").parse::<u16>().unwrap(),
+                 "security": "starttls", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
+        "sending_enabled": sending,
+        "verify_tls": false
+    })
+}
+
+fn set_plan(app: &TestApp, login: &Login, plan: &str) {
+    diesel::update(herald_core::schema::accounts::table.find(login.account_id))
+        .set(herald_core::schema::accounts::plan.eq(plan))
+        .execute(&mut app.test.connect())
+        .unwrap();
+}
+
+async fn a_mailbox_is_checked_then_saved_without_showing_its_password(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let me = app.login("connect", "member");
+    let r = app
+        .client
+        .post(app.url("/api/v1/mailboxes"))
+        .bearer_auth(&me.token)
+        .json(&mailbox("alice", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("alice-pass"),
+        "no password in the response: {text}"
+    );
+    let created: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        (
+            created["state"].as_str(),
+            created["sending_enabled"].as_bool()
+        ),
+        (Some("connected"), Some(true))
+    );
+    assert_eq!(created["imap"]["security"], "starttls");
+    assert!(created["imap"].get("password").is_none());
+    // Stored sealed, not in plain text.
+    let stored: String = herald_mailbox::schema::mailboxes::table
+        .select(herald_mailbox::schema::mailboxes::imap_password)
+        .first(&mut app.test.connect())
+        .unwrap();
+    assert!(stored.starts_with("v1:") && !stored.contains("alice-pass"));
+    let (status, listed) = app.get(&me, "/api/v1/mailboxes").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["items"][0]["address"], "alice@herald.test");
+}
+
+async fn a_failed_check_says_which_side_and_why(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let me = app.login("failures", "member");
+    let mut wrong_imap = mailbox("alice", false);
+    wrong_imap["imap"]["password"] = json!("nope");
+    let (status, problem) = app.post(&me, "/api/v1/mailboxes", wrong_imap).await;
+    assert_eq!(
+        (status, problem["code"].as_str(), problem["field"].as_str()),
+        (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Some("mailbox_connection_failed"),
+            Some("imap")
+        )
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("username or password"),
+        "{problem}"
+    );
+
+    let mut wrong_smtp = mailbox("alice", true);
+    wrong_smtp["smtp"]["password"] = json!("nope");
+    let (status, problem) = app.post(&me, "/api/v1/mailboxes", wrong_smtp).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("smtp"))
+    );
+
+    let mut refused = mailbox("alice", false);
+    refused["imap"]["port"] = json!(1);
+    let (status, problem) = app.post(&me, "/api/v1/mailboxes", refused).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        problem["detail"].as_str().unwrap().contains("refused"),
+        "{problem}"
+    );
+
+    let mut no_smtp = mailbox("alice", true);
+    no_smtp.as_object_mut().unwrap().remove("smtp");
+    let (status, problem) = app.post(&me, "/api/v1/mailboxes", no_smtp).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("smtp"))
+    );
+    let (_, listed) = app.get(&me, "/api/v1/mailboxes").await;
+    assert_eq!(listed["items"], json!([]), "nothing saved");
+}
+
+async fn plan_rules_name_the_rule(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let base = app.login("baseplan", "member");
+    assert_eq!(
+        app.post(&base, "/api/v1/mailboxes", mailbox("alice", true))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, problem) = app
+        .post(&base, "/api/v1/mailboxes", mailbox("bob", true))
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("plan_limit"))
+    );
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("base_sending_mailboxes"),
+        "{problem}"
+    );
+    let (status, second) = app
+        .post(&base, "/api/v1/mailboxes", mailbox("bob", false))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "receiving only is allowed: {second}"
+    );
+    // Turning sending on for the second one breaks the rule too.
+    let (status, problem) = app
+        .patch(
+            &base,
+            &format!("/api/v1/mailboxes/{}", second["id"]),
+            json!({"sending_enabled": true}),
+        )
+        .await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("plan_limit"))
+    );
+
+    let auto = app.login("autoplan", "member");
+    set_plan(&app, &auto, "automation");
+    for user in ["alice", "bob", "carol"] {
+        assert_eq!(
+            app.post(&auto, "/api/v1/mailboxes", mailbox(user, true))
+                .await
+                .0,
+            StatusCode::CREATED,
+            "{user}"
+        );
+    }
+    let (status, problem) = app
+        .post(&auto, "/api/v1/mailboxes", mailbox("alice", false))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("automation_mailboxes"),
+        "{problem}"
+    );
+}
+
+async fn owner_only_mailboxes_are_hidden_and_only_owners_change_theirs(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let owner = app.login("team", "member");
+    let colleague = app.add_user(owner.account_id, "colleague@team.example.com", "member");
+    let admin = app.add_user(owner.account_id, "boss@team.example.com", "admin");
+    let mut private = mailbox("alice", false);
+    private["visibility"] = json!("owner");
+    let (_, private) = app.post(&owner, "/api/v1/mailboxes", private).await;
+    let (_, shared) = app
+        .post(&owner, "/api/v1/mailboxes", mailbox("bob", false))
+        .await;
+    let private_path = format!("/api/v1/mailboxes/{}", private["id"]);
+    let shared_path = format!("/api/v1/mailboxes/{}", shared["id"]);
+    assert_eq!(
+        app.get(&colleague, &private_path).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(app.get(&colleague, &shared_path).await.0, StatusCode::OK);
+    let (_, listed) = app.get(&colleague, "/api/v1/mailboxes").await;
+    assert_eq!(listed["items"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.patch(&colleague, &shared_path, json!({"display_name": "mine"}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        app.delete(&colleague, &shared_path).await.0,
+        StatusCode::FORBIDDEN
+    );
+
+    // The owner renames without re-entering a password; a wrong new password is refused and
+    // leaves the stored one working.
+    let (status, renamed) = app
+        .patch(&owner, &shared_path, json!({"display_name": "Bob's box"}))
+        .await;
+    assert_eq!(
+        (status, renamed["display_name"].as_str()),
+        (StatusCode::OK, Some("Bob's box"))
+    );
+    let mut imap = mailbox("bob", false)["imap"].clone();
+    imap["password"] = json!("wrong");
+    let (status, problem) = app.patch(&owner, &shared_path, json!({"imap": imap})).await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("imap"))
+    );
+    let mut same = mailbox("bob", false)["imap"].clone();
+    same.as_object_mut().unwrap().remove("password");
+    let (status, _) = app.patch(&owner, &shared_path, json!({"imap": same})).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the stored password is checked again and still works"
+    );
+
+    assert_eq!(
+        app.delete(&admin, &shared_path).await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(app.get(&owner, &shared_path).await.0, StatusCode::NOT_FOUND);
+    let outsider = app.login("elsewhere", "admin");
+    assert_eq!(
+        app.get(&outsider, &private_path).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
+backend_tests!(
+    a_mailbox_is_checked_then_saved_without_showing_its_password,
+    a_failed_check_says_which_side_and_why,
+    plan_rules_name_the_rule,
+    owner_only_mailboxes_are_hidden_and_only_owners_change_theirs,
+);

@@ -1,0 +1,626 @@
+//! The `mailboxes` table: a user's IMAP (and optionally SMTP) account, with its passwords sealed
+//! under the configured key. Saving is two steps so no transaction is held across the network:
+//! [`Draft::prepare`] validates and applies the plan rules, the caller checks the servers, then
+//! [`Draft::insert`] / [`Draft::update`] write it, re-checking the plan inside the write.
+
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use herald_core::crypto::SecretKey;
+use herald_core::domain::{EmailAddress, parse_name};
+use herald_core::identity::{Account, User};
+use herald_core::pagination::{Page, PageRequest};
+use herald_core::text_enum;
+use herald_core::time::{now, rfc3339, rfc3339_opt};
+use herald_core::{CoreError, DbConnection};
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+
+use crate::connect::{ConnectError, Security, ServerSettings};
+use crate::plan::{self, Owned, PlanLimits, PlanViolation};
+use crate::schema::mailboxes;
+
+text_enum!(
+    /// Which folders are synced (E2).
+    SyncScope { Received => "received", ReceivedAndSent => "received_and_sent" }
+);
+
+text_enum!(
+    /// Who sees a mailbox's emails (E12).
+    Visibility { Everyone => "everyone", Owner => "owner" }
+);
+
+/// Errors of the mailbox crate: an invalid field, a plan rule, or a server that failed its check.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum MailboxError {
+    #[error(transparent)]
+    Core(#[from] CoreError),
+    #[error(transparent)]
+    Plan(#[from] PlanViolation),
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+}
+
+impl From<diesel::result::Error> for MailboxError {
+    fn from(e: diesel::result::Error) -> Self {
+        MailboxError::Core(e.into())
+    }
+}
+
+#[derive(Clone, Debug, Queryable, Selectable, Identifiable)]
+#[diesel(table_name = mailboxes)]
+pub struct Mailbox {
+    pub id: i64,
+    pub account_id: i64,
+    pub owner_id: i64,
+    pub address: String,
+    pub display_name: Option<String>,
+    pub imap_host: String,
+    pub imap_port: i32,
+    pub imap_security: String,
+    pub imap_username: String,
+    pub imap_password: String,
+    pub smtp_host: Option<String>,
+    pub smtp_port: Option<i32>,
+    pub smtp_security: Option<String>,
+    pub smtp_username: Option<String>,
+    pub smtp_password: Option<String>,
+    pub verify_tls: bool,
+    pub sync: String,
+    pub sending_enabled: bool,
+    pub visibility: String,
+    pub state: String,
+    pub last_synced_at: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    pub created_at: NaiveDateTime,
+    pub updated_at: NaiveDateTime,
+}
+
+/// A server as the API shows it: never the password.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ServerView {
+    pub host: String,
+    pub port: u16,
+    pub security: Security,
+    pub username: String,
+}
+
+/// A mailbox as the API shows it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct MailboxView {
+    pub id: i64,
+    pub owner_id: i64,
+    pub address: String,
+    pub display_name: Option<String>,
+    pub imap: ServerView,
+    pub smtp: Option<ServerView>,
+    pub verify_tls: bool,
+    /// `received` or `received_and_sent`
+    pub sync: String,
+    pub sending_enabled: bool,
+    /// `everyone` or `owner`
+    pub visibility: String,
+    /// `connected` until the sync engine runs it; then `syncing`, `auth_failed`, `error`.
+    pub state: String,
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_synced_at: Option<NaiveDateTime>,
+    pub last_error: Option<String>,
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: NaiveDateTime,
+    #[serde(serialize_with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: NaiveDateTime,
+}
+
+/// A server as the API takes it. On PATCH the password may be left out to keep the stored one.
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServerInput {
+    pub host: String,
+    pub port: u16,
+    #[schema(value_type = String, example = "tls")]
+    pub security: String,
+    pub username: String,
+    #[serde(default)]
+    #[schema(value_type = Option<String>, format = Password)]
+    pub password: Option<SecretString>,
+}
+
+#[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxInput {
+    pub address: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    pub imap: ServerInput,
+    /// Required when `sending_enabled` is true.
+    #[serde(default)]
+    pub smtp: Option<ServerInput>,
+    /// `received` (default) or `received_and_sent`
+    #[serde(default)]
+    pub sync: Option<String>,
+    #[serde(default)]
+    pub sending_enabled: bool,
+    /// `everyone` (default) or `owner`
+    #[serde(default)]
+    pub visibility: Option<String>,
+    /// Default true; false accepts self-signed certificates.
+    #[serde(default)]
+    pub verify_tls: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MailboxPatch {
+    pub display_name: Option<String>,
+    pub imap: Option<ServerInput>,
+    pub smtp: Option<ServerInput>,
+    pub sync: Option<String>,
+    pub sending_enabled: Option<bool>,
+    pub visibility: Option<String>,
+    pub verify_tls: Option<bool>,
+}
+
+fn security(value: &str, field: &str) -> Result<Security, CoreError> {
+    Security::parse(value).ok_or_else(|| {
+        CoreError::invalid(
+            field,
+            format!("`{value}` is not one of: tls, starttls, none"),
+        )
+    })
+}
+
+/// Validated servers and settings, ready to be checked and written.
+#[derive(Debug)]
+pub struct Draft {
+    id: Option<i64>,
+    owner_id: i64,
+    address: String,
+    display_name: Option<String>,
+    pub imap: ServerSettings,
+    /// Present when sending is enabled or an SMTP server was given.
+    pub smtp: Option<ServerSettings>,
+    /// Whether the servers changed and must be checked.
+    pub check_imap: bool,
+    pub check_smtp: bool,
+    sync: SyncScope,
+    sending_enabled: bool,
+    visibility: Visibility,
+    verify_tls: bool,
+}
+
+fn server(
+    input: &ServerInput,
+    side: &str,
+    verify_tls: bool,
+    stored: Option<SecretString>,
+) -> Result<ServerSettings, CoreError> {
+    let host = input.host.trim().to_ascii_lowercase();
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(CoreError::invalid(
+            format!("{side}.host"),
+            "must be a host name",
+        ));
+    }
+    if input.port == 0 {
+        return Err(CoreError::invalid(
+            format!("{side}.port"),
+            "must be between 1 and 65535",
+        ));
+    }
+    let username = parse_name(&input.username, &format!("{side}.username"), 320)?;
+    let password = match (&input.password, stored) {
+        (Some(p), _) => p.clone(),
+        (None, Some(stored)) => stored,
+        (None, None) => {
+            return Err(CoreError::invalid(
+                format!("{side}.password"),
+                "is required",
+            ));
+        }
+    };
+    Ok(ServerSettings {
+        host,
+        port: input.port,
+        security: security(&input.security, &format!("{side}.security"))?,
+        username,
+        password,
+        verify_tls,
+    })
+}
+
+impl Draft {
+    fn new_mailbox(owner: &User, input: &MailboxInput) -> Result<Draft, CoreError> {
+        let address = EmailAddress::parse_field(&input.address, "address")?;
+        let verify_tls = input.verify_tls.unwrap_or(true);
+        let imap = server(&input.imap, "imap", verify_tls, None)?;
+        let smtp = input
+            .smtp
+            .as_ref()
+            .map(|s| server(s, "smtp", verify_tls, None))
+            .transpose()?;
+        if input.sending_enabled && smtp.is_none() {
+            return Err(CoreError::invalid(
+                "smtp",
+                "is required when sending_enabled is true",
+            ));
+        }
+        Ok(Draft {
+            id: None,
+            owner_id: owner.id,
+            address: address.into(),
+            display_name: input
+                .display_name
+                .as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned),
+            check_imap: true,
+            check_smtp: smtp.is_some() && input.sending_enabled,
+            imap,
+            smtp,
+            sync: input
+                .sync
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| CoreError::invalid("sync", "must be received or received_and_sent"))?
+                .unwrap_or(SyncScope::Received),
+            sending_enabled: input.sending_enabled,
+            visibility: input
+                .visibility
+                .as_deref()
+                .map(str::parse)
+                .transpose()
+                .map_err(|_| CoreError::invalid("visibility", "must be everyone or owner"))?
+                .unwrap_or(Visibility::Everyone),
+            verify_tls,
+        })
+    }
+
+    /// Validates a new mailbox for `owner` and applies the plan rules.
+    pub fn prepare(
+        conn: &mut DbConnection,
+        limits: PlanLimits,
+        owner: &User,
+        input: &MailboxInput,
+    ) -> Result<Draft, MailboxError> {
+        let draft = Draft::new_mailbox(owner, input)?;
+        draft.check_plan(conn, limits)?;
+        Ok(draft)
+    }
+
+    /// Applies `patch` to a mailbox of the caller's; only what changed is checked again.
+    pub fn prepare_update(
+        conn: &mut DbConnection,
+        key: &SecretKey,
+        limits: PlanLimits,
+        actor: &User,
+        id: i64,
+        patch: &MailboxPatch,
+    ) -> Result<Draft, MailboxError> {
+        let current = Mailbox::find(conn, actor, id)?;
+        if current.owner_id != actor.id {
+            return Err(
+                CoreError::Forbidden("only the owner of a mailbox can change it".into()).into(),
+            );
+        }
+        let verify_tls = patch.verify_tls.unwrap_or(current.verify_tls);
+        let stored_imap = key.open(&current.imap_password)?;
+        let imap = match &patch.imap {
+            Some(input) => server(input, "imap", verify_tls, Some(stored_imap))?,
+            None => current.imap_settings(key)?,
+        };
+        let smtp = match &patch.smtp {
+            Some(input) => {
+                let stored = current
+                    .smtp_password
+                    .as_deref()
+                    .map(|p| key.open(p))
+                    .transpose()?;
+                Some(server(input, "smtp", verify_tls, stored)?)
+            }
+            None => current.smtp_settings(key)?,
+        };
+        let sending_enabled = patch.sending_enabled.unwrap_or(current.sending_enabled);
+        if sending_enabled && smtp.is_none() {
+            return Err(
+                CoreError::invalid("smtp", "is required when sending_enabled is true").into(),
+            );
+        }
+        let draft = Draft {
+            id: Some(current.id),
+            owner_id: current.owner_id,
+            address: current.address.clone(),
+            display_name: match &patch.display_name {
+                Some(name) => Some(name.trim().to_owned()).filter(|s| !s.is_empty()),
+                None => current.display_name.clone(),
+            },
+            check_imap: patch.imap.is_some() || patch.verify_tls.is_some(),
+            // SMTP is checked when sending is on and its server changed or sending was just enabled.
+            check_smtp: sending_enabled
+                && (patch.smtp.is_some() || patch.verify_tls.is_some() || !current.sending_enabled),
+            imap,
+            smtp,
+            sync: patch
+                .sync
+                .as_deref()
+                .unwrap_or(&current.sync)
+                .parse()
+                .map_err(|_| CoreError::invalid("sync", "must be received or received_and_sent"))?,
+            sending_enabled,
+            visibility: patch
+                .visibility
+                .as_deref()
+                .unwrap_or(&current.visibility)
+                .parse()
+                .map_err(|_| CoreError::invalid("visibility", "must be everyone or owner"))?,
+            verify_tls,
+        };
+        draft.check_plan(conn, limits)?;
+        Ok(draft)
+    }
+
+    fn check_plan(&self, conn: &mut DbConnection, limits: PlanLimits) -> Result<(), MailboxError> {
+        let owner = herald_core::identity::User::find(conn, self.owner_id)?;
+        let account = Account::find(conn, owner.account_id)?;
+        let existing: Vec<Owned> = mailboxes::table
+            .filter(mailboxes::owner_id.eq(self.owner_id))
+            .select((mailboxes::id, mailboxes::sending_enabled))
+            .load::<(i64, bool)>(conn)?
+            .into_iter()
+            .map(|(id, sending_enabled)| Owned {
+                id,
+                sending_enabled,
+            })
+            .collect();
+        plan::check(
+            account.plan(),
+            limits,
+            &existing,
+            self.id,
+            self.sending_enabled,
+        )?;
+        Ok(())
+    }
+
+    /// Writes a new mailbox (call inside a write transaction, after the servers were checked).
+    pub fn insert(
+        &self,
+        conn: &mut DbConnection,
+        key: &SecretKey,
+        limits: PlanLimits,
+        account_id: i64,
+    ) -> Result<Mailbox, MailboxError> {
+        self.check_plan(conn, limits)?;
+        let at = now();
+        let smtp = self.smtp.as_ref();
+        let sealed_smtp = smtp
+            .map(|s| key.seal(secrecy::ExposeSecret::expose_secret(&s.password)))
+            .transpose()?;
+        let mailbox = diesel::insert_into(mailboxes::table)
+            .values((
+                mailboxes::account_id.eq(account_id),
+                mailboxes::owner_id.eq(self.owner_id),
+                mailboxes::address.eq(&self.address),
+                mailboxes::display_name.eq(&self.display_name),
+                mailboxes::imap_host.eq(&self.imap.host),
+                mailboxes::imap_port.eq(i32::from(self.imap.port)),
+                mailboxes::imap_security.eq(self.imap.security.as_str()),
+                mailboxes::imap_username.eq(&self.imap.username),
+                mailboxes::imap_password
+                    .eq(key.seal(secrecy::ExposeSecret::expose_secret(&self.imap.password))?),
+                mailboxes::smtp_host.eq(smtp.map(|s| s.host.clone())),
+                mailboxes::smtp_port.eq(smtp.map(|s| i32::from(s.port))),
+                mailboxes::smtp_security.eq(smtp.map(|s| s.security.as_str())),
+                mailboxes::smtp_username.eq(smtp.map(|s| s.username.clone())),
+                mailboxes::smtp_password.eq(sealed_smtp),
+                mailboxes::verify_tls.eq(self.verify_tls),
+                mailboxes::sync.eq(self.sync.as_str()),
+                mailboxes::sending_enabled.eq(self.sending_enabled),
+                mailboxes::visibility.eq(self.visibility.as_str()),
+                mailboxes::state.eq("connected"),
+                mailboxes::created_at.eq(at),
+                mailboxes::updated_at.eq(at),
+            ))
+            .returning(mailboxes::all_columns)
+            .get_result(conn)?;
+        Ok(mailbox)
+    }
+
+    /// Writes the changes (inside a write transaction, after the changed servers were checked).
+    pub fn update(
+        &self,
+        conn: &mut DbConnection,
+        key: &SecretKey,
+        limits: PlanLimits,
+    ) -> Result<Mailbox, MailboxError> {
+        let id = self
+            .id
+            .ok_or_else(|| CoreError::not_found("mailbox", "new"))?;
+        self.check_plan(conn, limits)?;
+        let smtp = self.smtp.as_ref();
+        let sealed_smtp = smtp
+            .map(|s| key.seal(secrecy::ExposeSecret::expose_secret(&s.password)))
+            .transpose()?;
+        let mailbox = diesel::update(mailboxes::table.find(id))
+            .set((
+                mailboxes::display_name.eq(&self.display_name),
+                mailboxes::imap_host.eq(&self.imap.host),
+                mailboxes::imap_port.eq(i32::from(self.imap.port)),
+                mailboxes::imap_security.eq(self.imap.security.as_str()),
+                mailboxes::imap_username.eq(&self.imap.username),
+                mailboxes::imap_password
+                    .eq(key.seal(secrecy::ExposeSecret::expose_secret(&self.imap.password))?),
+                mailboxes::smtp_host.eq(smtp.map(|s| s.host.clone())),
+                mailboxes::smtp_port.eq(smtp.map(|s| i32::from(s.port))),
+                mailboxes::smtp_security.eq(smtp.map(|s| s.security.as_str())),
+                mailboxes::smtp_username.eq(smtp.map(|s| s.username.clone())),
+                mailboxes::smtp_password.eq(sealed_smtp),
+                mailboxes::verify_tls.eq(self.verify_tls),
+                mailboxes::sync.eq(self.sync.as_str()),
+                mailboxes::sending_enabled.eq(self.sending_enabled),
+                mailboxes::visibility.eq(self.visibility.as_str()),
+                mailboxes::updated_at.eq(now()),
+            ))
+            .returning(mailboxes::all_columns)
+            .get_result(conn)?;
+        Ok(mailbox)
+    }
+}
+
+impl Mailbox {
+    /// A mailbox of the viewer's account that the viewer may see: their own, or another user's
+    /// with visibility `everyone`.
+    pub fn find(conn: &mut DbConnection, viewer: &User, id: i64) -> Result<Mailbox, CoreError> {
+        mailboxes::table
+            .filter(mailboxes::account_id.eq(viewer.account_id))
+            .filter(mailboxes::id.eq(id))
+            .filter(
+                mailboxes::owner_id
+                    .eq(viewer.id)
+                    .or(mailboxes::visibility.eq(Visibility::Everyone.as_str())),
+            )
+            .select(Mailbox::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| CoreError::not_found("mailbox", id))
+    }
+
+    pub fn list(
+        conn: &mut DbConnection,
+        viewer: &User,
+        page: PageRequest,
+    ) -> QueryResult<Page<Mailbox>> {
+        let mut query = mailboxes::table
+            .filter(mailboxes::account_id.eq(viewer.account_id))
+            .filter(
+                mailboxes::owner_id
+                    .eq(viewer.id)
+                    .or(mailboxes::visibility.eq(Visibility::Everyone.as_str())),
+            )
+            .select(Mailbox::as_select())
+            .order(mailboxes::id.desc())
+            .limit(page.limit + 1)
+            .into_boxed();
+        if let Some(before) = page.before_id {
+            query = query.filter(mailboxes::id.lt(before));
+        }
+        Ok(Page::from_rows(query.load(conn)?, page.limit, |m| m.id))
+    }
+
+    /// Every mailbox of every account (`herald mailbox list`, for operators).
+    pub fn list_all(conn: &mut DbConnection) -> QueryResult<Vec<Mailbox>> {
+        mailboxes::table
+            .select(Mailbox::as_select())
+            .order(mailboxes::id.asc())
+            .load(conn)
+    }
+
+    pub fn find_any(conn: &mut DbConnection, id: i64) -> Result<Mailbox, CoreError> {
+        mailboxes::table
+            .find(id)
+            .select(Mailbox::as_select())
+            .first(conn)
+            .optional()?
+            .ok_or_else(|| CoreError::not_found("mailbox", id))
+    }
+
+    /// Deletes a mailbox: its owner, or an admin of the account. Its emails stay where they are
+    /// shown (they arrive with sync).
+    pub fn delete(conn: &mut DbConnection, actor: &User, id: i64) -> Result<(), CoreError> {
+        let mailbox = Mailbox::find(conn, actor, id)?;
+        if mailbox.owner_id != actor.id && !actor.is_admin() {
+            return Err(CoreError::Forbidden(
+                "only the owner of a mailbox or an admin can remove it".into(),
+            ));
+        }
+        diesel::delete(mailboxes::table.find(id)).execute(conn)?;
+        Ok(())
+    }
+
+    pub fn imap_settings(&self, key: &SecretKey) -> Result<ServerSettings, CoreError> {
+        Ok(ServerSettings {
+            host: self.imap_host.clone(),
+            port: u16::try_from(self.imap_port).unwrap_or(0),
+            security: Security::parse(&self.imap_security).unwrap_or(Security::Tls),
+            username: self.imap_username.clone(),
+            password: key.open(&self.imap_password)?,
+            verify_tls: self.verify_tls,
+        })
+    }
+
+    pub fn smtp_settings(&self, key: &SecretKey) -> Result<Option<ServerSettings>, CoreError> {
+        let (Some(host), Some(port), Some(security), Some(username), Some(password)) = (
+            &self.smtp_host,
+            self.smtp_port,
+            &self.smtp_security,
+            &self.smtp_username,
+            &self.smtp_password,
+        ) else {
+            return Ok(None);
+        };
+        Ok(Some(ServerSettings {
+            host: host.clone(),
+            port: u16::try_from(port).unwrap_or(0),
+            security: Security::parse(security).unwrap_or(Security::Tls),
+            username: username.clone(),
+            password: key.open(password)?,
+            verify_tls: self.verify_tls,
+        }))
+    }
+
+    pub fn view(&self) -> MailboxView {
+        let server = |host: &str, port: i32, security: &str, username: &str| ServerView {
+            host: host.to_owned(),
+            port: u16::try_from(port).unwrap_or(0),
+            security: Security::parse(security).unwrap_or(Security::Tls),
+            username: username.to_owned(),
+        };
+        MailboxView {
+            id: self.id,
+            owner_id: self.owner_id,
+            address: self.address.clone(),
+            display_name: self.display_name.clone(),
+            imap: server(
+                &self.imap_host,
+                self.imap_port,
+                &self.imap_security,
+                &self.imap_username,
+            ),
+            smtp: match (
+                &self.smtp_host,
+                self.smtp_port,
+                &self.smtp_security,
+                &self.smtp_username,
+            ) {
+                (Some(h), Some(p), Some(s), Some(u)) => Some(server(h, p, s, u)),
+                _ => None,
+            },
+            verify_tls: self.verify_tls,
+            sync: self.sync.clone(),
+            sending_enabled: self.sending_enabled,
+            visibility: self.visibility.clone(),
+            state: self.state.clone(),
+            last_synced_at: self.last_synced_at,
+            last_error: self.last_error.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
+    }
+}
+
+/// Checks the servers a draft needs checked: IMAP login, and SMTP when sending is enabled.
+pub async fn check_servers(draft: &Draft) -> Result<(), ConnectError> {
+    if draft.check_imap {
+        crate::connect::check_imap(&draft.imap).await?;
+    }
+    if draft.check_smtp
+        && let Some(smtp) = &draft.smtp
+    {
+        crate::connect::check_smtp(smtp).await?;
+    }
+    Ok(())
+}
