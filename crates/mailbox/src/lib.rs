@@ -2,6 +2,7 @@
 
 pub mod connect;
 pub mod model;
+pub mod parse;
 pub mod plan;
 pub mod schema;
 
