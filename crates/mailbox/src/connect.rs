@@ -142,7 +142,7 @@ pub struct SmtpReport {
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-trait Stream: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + fmt::Debug> Stream for T {}
 
 fn tls_connector(verify: bool) -> Result<TlsConnector, Failure> {
@@ -184,7 +184,7 @@ async fn tls<S: AsyncRead + AsyncWrite + Unpin>(
         .map_err(|e| Failure::Tls(e.to_string()))
 }
 
-fn imap_failure(e: async_imap::error::Error) -> Failure {
+pub(crate) fn imap_failure(e: async_imap::error::Error) -> Failure {
     match e {
         async_imap::error::Error::Io(e) if e.kind() == std::io::ErrorKind::InvalidData => {
             Failure::Tls(e.to_string())
@@ -208,7 +208,13 @@ pub async fn check_imap(settings: &ServerSettings) -> Result<ImapReport, Connect
         .map_err(|failure| ConnectError { side, failure })
 }
 
-async fn imap_login(settings: &ServerSettings) -> Result<ImapReport, Failure> {
+/// A logged-in IMAP session over any of the three kinds of connection.
+pub(crate) type ImapStream = async_imap::Session<Box<dyn Stream>>;
+
+/// Connects and logs in; the greeting comes back with the session.
+pub(crate) async fn imap_session(
+    settings: &ServerSettings,
+) -> Result<(ImapStream, String), Failure> {
     let stream = tcp(&settings.host, settings.port).await?;
     let stream: Box<dyn Stream> = match settings.security {
         Security::Tls => Box::new(tls(stream, &settings.host, settings.verify_tls).await?),
@@ -228,14 +234,19 @@ async fn imap_login(settings: &ServerSettings) -> Result<ImapReport, Failure> {
         client
     };
     // After STARTTLS the server sends no new greeting: log in straight away.
-    let mut session = client
+    let session = client
         .login(&settings.username, settings.password.expose_secret())
         .await
         .map_err(|(e, _)| match e {
             async_imap::error::Error::No(message) => Failure::BadCredentials(message),
             other => imap_failure(other),
         })?;
-    let capabilities = session
+    Ok((session, greeting))
+}
+
+/// The server's capabilities as strings (`IMAP4rev1`, `AUTH=PLAIN`, `IDLE`, `CONDSTORE`…).
+pub(crate) async fn imap_capabilities(session: &mut ImapStream) -> Result<Vec<String>, Failure> {
+    Ok(session
         .capabilities()
         .await
         .map_err(imap_failure)?
@@ -245,7 +256,12 @@ async fn imap_login(settings: &ServerSettings) -> Result<ImapReport, Failure> {
             Capability::Auth(a) => format!("AUTH={a}"),
             Capability::Atom(a) => a.clone(),
         })
-        .collect();
+        .collect())
+}
+
+async fn imap_login(settings: &ServerSettings) -> Result<ImapReport, Failure> {
+    let (mut session, greeting) = imap_session(settings).await?;
+    let capabilities = imap_capabilities(&mut session).await?;
     let _ = session.logout().await;
     Ok(ImapReport {
         greeting,
