@@ -6,5 +6,7 @@ pub mod model;
 pub mod parse;
 pub mod plan;
 pub mod schema;
+pub mod store;
+pub mod sync;
 
 pub use model::{Draft, Mailbox, MailboxError, MailboxInput, MailboxPatch, MailboxView};

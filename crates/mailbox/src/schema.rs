@@ -28,3 +28,72 @@ diesel::table! {
         updated_at -> Timestamp,
     }
 }
+
+diesel::table! {
+    emails (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        dedupe_key -> Text,
+        message_id -> Nullable<Text>,
+        thread_id -> Nullable<BigInt>,
+        direction -> Text,
+        status -> Text,
+        author -> Text,
+        mailbox_id -> Nullable<BigInt>,
+        subject -> Nullable<Text>,
+        from_address -> Nullable<Text>,
+        from_name -> Nullable<Text>,
+        participants -> Text,
+        text_body -> Nullable<Text>,
+        html_body -> Nullable<Text>,
+        in_reply_to -> Nullable<Text>,
+        message_references -> Text,
+        problems -> Text,
+        sent_at -> Nullable<Timestamp>,
+        received_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    email_copies (mailbox_id, folder, uid_validity, uid) {
+        mailbox_id -> BigInt,
+        folder -> Text,
+        uid_validity -> BigInt,
+        uid -> BigInt,
+        email_id -> BigInt,
+    }
+}
+
+diesel::table! {
+    mailbox_folders (mailbox_id, role) {
+        mailbox_id -> BigInt,
+        role -> Text,
+        folder -> Text,
+        uid_validity -> BigInt,
+        uid_next -> BigInt,
+        highest_modseq -> Nullable<BigInt>,
+        synced_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    email_attachments (id) {
+        id -> BigInt,
+        email_id -> BigInt,
+        filename -> Nullable<Text>,
+        content_type -> Text,
+        size -> BigInt,
+        content_id -> Nullable<Text>,
+        content -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(
+    mailboxes,
+    emails,
+    email_copies,
+    mailbox_folders,
+    email_attachments
+);

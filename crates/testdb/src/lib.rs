@@ -144,6 +144,17 @@ fn template_name() -> String {
     let mut files: Vec<PathBuf> = walk(&migrations_dir());
     files.sort();
     let mut hasher = DefaultHasher::new();
+    // The migrations compiled into this binary are the ones that will run: a binary built before
+    // a migration was added must not reuse (or create) the template named for the new set.
+    {
+        use diesel::migration::MigrationSource;
+        let embedded =
+            MigrationSource::<diesel::pg::Pg>::migrations(&herald_core::db::MIGRATIONS_POSTGRES)
+                .expect("embedded migrations");
+        for migration in embedded {
+            migration.name().to_string().hash(&mut hasher);
+        }
+    }
     for file in files {
         file.file_name().hash(&mut hasher);
         std::fs::read(&file).unwrap_or_default().hash(&mut hasher);

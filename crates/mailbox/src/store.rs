@@ -1,0 +1,265 @@
+//! Storing fetched messages once per account (E4, E5): a copy (mailbox, folder, UIDVALIDITY, UID)
+//! already seen is skipped; a message already stored from another mailbox, another folder or
+//! before a UIDVALIDITY change only gains a copy; a new one becomes an email with its
+//! attachments. Sync positions per folder live here too.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use chrono::NaiveDateTime;
+use diesel::prelude::*;
+use herald_core::DbConnection;
+use herald_core::schema::users;
+use herald_core::time::now;
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use crate::model::Mailbox;
+use crate::parse::ParsedEmail;
+use crate::schema::{email_attachments, email_copies, emails, mailbox_folders, mailboxes};
+
+/// Which folder of a mailbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Inbox,
+    Sent,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Inbox => "inbox",
+            Role::Sent => "sent",
+        }
+    }
+}
+
+/// Where a folder's sync stands.
+#[derive(Clone, Debug, PartialEq, Eq, Queryable)]
+pub struct FolderState {
+    pub folder: String,
+    pub uid_validity: i64,
+    /// Every UID below this one has been stored.
+    pub uid_next: i64,
+    pub highest_modseq: Option<i64>,
+}
+
+impl FolderState {
+    pub fn load(
+        conn: &mut DbConnection,
+        mailbox_id: i64,
+        role: Role,
+    ) -> QueryResult<Option<FolderState>> {
+        mailbox_folders::table
+            .find((mailbox_id, role.as_str()))
+            .select((
+                mailbox_folders::folder,
+                mailbox_folders::uid_validity,
+                mailbox_folders::uid_next,
+                mailbox_folders::highest_modseq,
+            ))
+            .first(conn)
+            .optional()
+    }
+
+    pub fn save(&self, conn: &mut DbConnection, mailbox_id: i64, role: Role) -> QueryResult<()> {
+        let at = now();
+        let updated = diesel::update(mailbox_folders::table.find((mailbox_id, role.as_str())))
+            .set((
+                mailbox_folders::folder.eq(&self.folder),
+                mailbox_folders::uid_validity.eq(self.uid_validity),
+                mailbox_folders::uid_next.eq(self.uid_next),
+                mailbox_folders::highest_modseq.eq(self.highest_modseq),
+                mailbox_folders::synced_at.eq(at),
+            ))
+            .execute(conn)?;
+        if updated == 0 {
+            diesel::insert_into(mailbox_folders::table)
+                .values((
+                    mailbox_folders::mailbox_id.eq(mailbox_id),
+                    mailbox_folders::role.eq(role.as_str()),
+                    mailbox_folders::folder.eq(&self.folder),
+                    mailbox_folders::uid_validity.eq(self.uid_validity),
+                    mailbox_folders::uid_next.eq(self.uid_next),
+                    mailbox_folders::highest_modseq.eq(self.highest_modseq),
+                    mailbox_folders::synced_at.eq(at),
+                ))
+                .execute(conn)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a fetched message was found.
+#[derive(Clone, Copy, Debug)]
+pub struct CopyRef<'a> {
+    pub folder: &'a str,
+    pub role: Role,
+    pub uid_validity: i64,
+    pub uid: i64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// A new email.
+    New(i64),
+    /// Already stored (another copy of the same message); only the copy was recorded.
+    Known(i64),
+    /// This very copy was stored before.
+    Seen(i64),
+}
+
+/// `mid:<Message-ID>`, or a digest of the raw message when it has none.
+pub fn dedupe_key(parsed: &ParsedEmail, raw: &[u8]) -> String {
+    match &parsed.message_id {
+        Some(id) => format!("mid:{}", id.to_ascii_lowercase()),
+        None => format!("sha:{}", hex::encode(Sha256::digest(raw))),
+    }
+}
+
+/// Addresses that make a sender a CRM user (E7): the account's users and mailboxes.
+pub fn user_addresses(conn: &mut DbConnection, account_id: i64) -> QueryResult<Vec<String>> {
+    let mut addresses: Vec<String> = users::table
+        .filter(users::account_id.eq(account_id))
+        .select(users::email)
+        .load(conn)?;
+    addresses.extend(
+        mailboxes::table
+            .filter(mailboxes::account_id.eq(account_id))
+            .select(mailboxes::address)
+            .load::<String>(conn)?,
+    );
+    Ok(addresses
+        .into_iter()
+        .map(|a| a.to_ascii_lowercase())
+        .collect())
+}
+
+fn timestamp(rfc3339: &Option<String>) -> Option<NaiveDateTime> {
+    rfc3339
+        .as_deref()
+        .and_then(|d| chrono::DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.naive_utc())
+}
+
+/// Stores one fetched message of `mailbox` (call inside a write transaction).
+pub fn store(
+    conn: &mut DbConnection,
+    mailbox: &Mailbox,
+    copy: CopyRef<'_>,
+    raw: &[u8],
+    parsed: &ParsedEmail,
+    user_addresses: &[String],
+) -> QueryResult<Stored> {
+    let seen: Option<i64> = email_copies::table
+        .find((mailbox.id, copy.folder, copy.uid_validity, copy.uid))
+        .select(email_copies::email_id)
+        .first(conn)
+        .optional()?;
+    if let Some(id) = seen {
+        return Ok(Stored::Seen(id));
+    }
+    let key = dedupe_key(parsed, raw);
+    let existing: Option<i64> = emails::table
+        .filter(emails::account_id.eq(mailbox.account_id))
+        .filter(emails::dedupe_key.eq(&key))
+        .select(emails::id)
+        .first(conn)
+        .optional()?;
+    let stored = match existing {
+        Some(id) => Stored::Known(id),
+        // A savepoint: when another mailbox of the account stores the same message at the same
+        // moment (PostgreSQL), the unique key refuses one insert and it becomes a copy.
+        None => match conn.transaction(|conn| {
+            insert_email(conn, mailbox, copy.role, &key, parsed, user_addresses)
+        }) {
+            Ok(id) => Stored::New(id),
+            Err(diesel::result::Error::DatabaseError(
+                diesel::result::DatabaseErrorKind::UniqueViolation,
+                _,
+            )) => Stored::Known(
+                emails::table
+                    .filter(emails::account_id.eq(mailbox.account_id))
+                    .filter(emails::dedupe_key.eq(&key))
+                    .select(emails::id)
+                    .first(conn)?,
+            ),
+            Err(e) => return Err(e),
+        },
+    };
+    let email_id = match stored {
+        Stored::New(id) | Stored::Known(id) | Stored::Seen(id) => id,
+    };
+    diesel::insert_into(email_copies::table)
+        .values((
+            email_copies::mailbox_id.eq(mailbox.id),
+            email_copies::folder.eq(copy.folder),
+            email_copies::uid_validity.eq(copy.uid_validity),
+            email_copies::uid.eq(copy.uid),
+            email_copies::email_id.eq(email_id),
+        ))
+        .execute(conn)?;
+    Ok(stored)
+}
+
+fn insert_email(
+    conn: &mut DbConnection,
+    mailbox: &Mailbox,
+    role: Role,
+    key: &str,
+    parsed: &ParsedEmail,
+    user_addresses: &[String],
+) -> QueryResult<i64> {
+    let from = parsed.from.first();
+    let from_user = from.is_some_and(|f| user_addresses.contains(&f.address.to_ascii_lowercase()));
+    let (direction, status) = match role {
+        Role::Sent => ("outbound", "sent"),
+        Role::Inbox if from_user => ("outbound", "sent"),
+        Role::Inbox => ("inbound", "received"),
+    };
+    let at = now();
+    let date = timestamp(&parsed.date);
+    let id: i64 = diesel::insert_into(emails::table)
+        .values((
+            emails::account_id.eq(mailbox.account_id),
+            emails::dedupe_key.eq(key),
+            emails::message_id.eq(&parsed.message_id),
+            emails::direction.eq(direction),
+            emails::status.eq(status),
+            emails::author.eq(if from_user { "user" } else { "contact" }),
+            emails::mailbox_id.eq(Some(mailbox.id)),
+            emails::subject.eq(&parsed.subject),
+            emails::from_address.eq(from.map(|f| f.address.clone())),
+            emails::from_name.eq(from.and_then(|f| f.name.clone())),
+            emails::participants.eq(
+                json!({"to": parsed.to, "cc": parsed.cc, "reply_to": parsed.reply_to}).to_string(),
+            ),
+            emails::text_body.eq(&parsed.text),
+            emails::html_body.eq(&parsed.html),
+            emails::in_reply_to.eq(parsed.in_reply_to.first()),
+            emails::message_references.eq(json!(parsed.references).to_string()),
+            emails::problems.eq(json!(parsed.problems).to_string()),
+            emails::sent_at.eq(if direction == "outbound" { date } else { None }),
+            emails::received_at.eq(if direction == "inbound" {
+                date.or(Some(at))
+            } else {
+                None
+            }),
+            emails::created_at.eq(at),
+            emails::updated_at.eq(at),
+        ))
+        .returning(emails::id)
+        .get_result(conn)?;
+    for attachment in &parsed.attachments {
+        diesel::insert_into(email_attachments::table)
+            .values((
+                email_attachments::email_id.eq(id),
+                email_attachments::filename.eq(&attachment.filename),
+                email_attachments::content_type.eq(&attachment.content_type),
+                email_attachments::size.eq(attachment.size as i64),
+                email_attachments::content_id.eq(&attachment.content_id),
+                email_attachments::content.eq(attachment.data.as_ref().map(|d| STANDARD.encode(d))),
+            ))
+            .execute(conn)?;
+    }
+    Ok(id)
+}

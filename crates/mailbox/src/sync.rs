@@ -1,0 +1,207 @@
+//! One sync pass of a mailbox (E2, E4): the inbox, and the Sent folder when the mailbox syncs
+//! sent mail. The first pass (or one after a UIDVALIDITY change) reads the history window; later
+//! passes read from the stored UIDNEXT on. Each batch is stored with the folder's new position
+//! in one transaction, so a pass cut short resumes where it stopped and stores nothing twice.
+
+use chrono::TimeDelta;
+use herald_core::crypto::SecretKey;
+use herald_core::time::now;
+use herald_core::{CoreError, Db};
+use serde::Serialize;
+
+use crate::connect::ConnectError;
+use crate::imap::Session;
+use crate::model::Mailbox;
+use crate::parse::parse;
+use crate::store::{CopyRef, FolderState, Role, Stored, store, user_addresses};
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// How far back a first sync reads; `None` reads everything.
+    pub history: Option<TimeDelta>,
+    /// Messages fetched and stored per round trip.
+    pub batch: usize,
+    pub max_attachment_bytes: usize,
+    /// The folder synced as the inbox.
+    pub inbox: String,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            history: Some(TimeDelta::days(90)),
+            batch: 100,
+            max_attachment_bytes: 10 * 1024 * 1024,
+            inbox: "INBOX".into(),
+        }
+    }
+}
+
+/// What a pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub fetched: usize,
+    /// New emails.
+    pub new: usize,
+    /// Messages already stored from elsewhere (another mailbox, folder, or UIDVALIDITY).
+    pub known: usize,
+    /// Copies stored before.
+    pub seen: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    #[error(transparent)]
+    Core(#[from] CoreError),
+}
+
+impl From<diesel::result::Error> for SyncError {
+    fn from(e: diesel::result::Error) -> Self {
+        SyncError::Core(e.into())
+    }
+}
+
+/// Syncs `mailbox_id` once.
+pub async fn sync_mailbox(
+    db: &Db,
+    key: &SecretKey,
+    mailbox_id: i64,
+    options: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
+    let mailbox = db
+        .run(move |conn| Mailbox::find_any(conn, mailbox_id))
+        .await?;
+    let settings = mailbox.imap_settings(key)?;
+    let mut session = Session::open(&settings).await?;
+    let mut folders = vec![(Role::Inbox, options.inbox.clone())];
+    if mailbox.sync == "received_and_sent"
+        && let Some(sent) = session.sent_folder().await?
+    {
+        folders.push((Role::Sent, sent));
+    }
+    let account_id = mailbox.account_id;
+    let addresses = db
+        .run(move |conn| Ok::<_, CoreError>(user_addresses(conn, account_id)?))
+        .await?;
+    let mut report = SyncReport::default();
+    for (role, folder) in folders {
+        sync_folder(
+            db,
+            &mut session,
+            &mailbox,
+            role,
+            &folder,
+            &addresses,
+            options,
+            &mut report,
+        )
+        .await?;
+    }
+    session.logout().await;
+    db.run(move |conn| {
+        use crate::schema::mailboxes;
+        use diesel::prelude::*;
+        diesel::update(mailboxes::table.find(mailbox_id))
+            .set((
+                mailboxes::state.eq("synced"),
+                mailboxes::last_synced_at.eq(Some(now())),
+                mailboxes::last_error.eq(None::<String>),
+            ))
+            .execute(conn)
+            .map_err(CoreError::from)
+    })
+    .await?;
+    Ok(report)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn sync_folder(
+    db: &Db,
+    session: &mut Session,
+    mailbox: &Mailbox,
+    role: Role,
+    folder: &str,
+    addresses: &[String],
+    options: &SyncOptions,
+    report: &mut SyncReport,
+) -> Result<(), SyncError> {
+    let status = session.select(folder).await?;
+    let mailbox_id = mailbox.id;
+    let state = db
+        .run(move |conn| Ok::<_, CoreError>(FolderState::load(conn, mailbox_id, role)?))
+        .await?;
+    let uid_validity = i64::from(status.uid_validity);
+    // Same folder and UIDVALIDITY: go on from the stored position. Otherwise read the history
+    // window again; messages already stored are recognised and only gain a copy.
+    let (from_uid, since) = match &state {
+        Some(s) if s.uid_validity == uid_validity && s.folder == folder => {
+            (u32::try_from(s.uid_next).unwrap_or(1), None)
+        }
+        _ => (1, options.history.map(|h| (now() - h).date())),
+    };
+    let uids = session.uids(from_uid, since).await?;
+    for chunk in uids.chunks(options.batch.max(1)) {
+        let fetched = session.fetch(chunk).await?;
+        let max_attachment = options.max_attachment_bytes;
+        let parsed: Vec<_> = fetched
+            .iter()
+            .map(|f| parse(&f.raw, max_attachment))
+            .collect();
+        report.fetched += fetched.len();
+        let next = i64::from(chunk.last().copied().unwrap_or(from_uid)) + 1;
+        let (mailbox, folder, addresses) = (mailbox.clone(), folder.to_owned(), addresses.to_vec());
+        let highest_modseq = status.highest_modseq.and_then(|m| i64::try_from(m).ok());
+        let outcomes = db
+            .run(move |conn| {
+                conn.write(|conn| {
+                    let mut outcomes = Vec::with_capacity(fetched.len());
+                    for (message, parsed) in fetched.iter().zip(&parsed) {
+                        let copy = CopyRef {
+                            folder: &folder,
+                            role,
+                            uid_validity,
+                            uid: i64::from(message.uid),
+                        };
+                        outcomes.push(store(
+                            conn,
+                            &mailbox,
+                            copy,
+                            &message.raw,
+                            parsed,
+                            &addresses,
+                        )?);
+                    }
+                    FolderState {
+                        folder: folder.clone(),
+                        uid_validity,
+                        uid_next: next,
+                        highest_modseq,
+                    }
+                    .save(conn, mailbox.id, role)?;
+                    Ok::<_, CoreError>(outcomes)
+                })
+            })
+            .await?;
+        for outcome in outcomes {
+            match outcome {
+                Stored::New(_) => report.new += 1,
+                Stored::Known(_) => report.known += 1,
+                Stored::Seen(_) => report.seen += 1,
+            }
+        }
+    }
+    // Nothing (more) to fetch: remember where the folder stands.
+    let caught_up = FolderState {
+        folder: folder.to_owned(),
+        uid_validity,
+        uid_next: i64::from(status.uid_next)
+            .max(uids.last().map(|u| i64::from(*u) + 1).unwrap_or(0)),
+        highest_modseq: status.highest_modseq.and_then(|m| i64::try_from(m).ok()),
+    };
+    db.run(move |conn| Ok::<_, CoreError>(caught_up.save(conn, mailbox_id, role)?))
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,262 @@
+//! Sync passes against the loopback Dovecot, on both backends: first and incremental sync, the
+//! Sent folder, the same message in two mailboxes, a UIDVALIDITY change, resyncs — nothing twice.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use diesel::prelude::*;
+use herald_core::config::PlanLimits;
+use herald_core::crypto::SecretKey;
+use herald_core::domain::Plan;
+use herald_core::identity::{Account, NewUser, User};
+use herald_mailbox::imap::Session;
+use herald_mailbox::schema::{email_copies, emails};
+use herald_mailbox::sync::{SyncOptions, sync_mailbox};
+use herald_mailbox::{Draft, Mailbox, MailboxInput};
+use herald_testdb::{TestDb, backend_tests};
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
+        )
+    })
+}
+
+struct Fixture {
+    test: TestDb,
+    key: SecretKey,
+    account: Account,
+    /// A folder of this test's own, synced as the inbox.
+    folder: String,
+    tag: String,
+}
+
+impl Fixture {
+    async fn new(test: TestDb, name: &str) -> Fixture {
+        let mut conn = test.connect();
+        let account = Account::create(&mut conn, "Sync", Plan::Automation).unwrap();
+        let tag = format!(
+            "{name}-{}-{}-{}",
+            test.backend().as_str(),
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        let fixture = Fixture {
+            key: SecretKey::from_base64(&SecretKey::generate_base64()).unwrap(),
+            account,
+            folder: format!("herald-{tag}"),
+            tag,
+            test,
+        };
+        for user in ["alice", "bob"] {
+            let mut session = Session::open(&fixture.settings(user)).await.unwrap();
+            session.create(&fixture.folder).await.unwrap();
+            session.logout().await;
+        }
+        fixture
+    }
+
+    fn settings(&self, user: &str) -> herald_mailbox::connect::ServerSettings {
+        herald_mailbox::connect::ServerSettings {
+            host: env("HERALD_TEST_IMAP_HOST"),
+            port: env("HERALD_TEST_IMAP_PORT").parse().unwrap(),
+            security: herald_mailbox::connect::Security::None,
+            username: format!("{user}@herald.test"),
+            password: secrecy::SecretString::from(format!("{user}-pass")),
+            verify_tls: false,
+        }
+    }
+
+    fn mailbox(&self, user: &str, sync: &str) -> Mailbox {
+        let mut conn = self.test.connect();
+        let owner = User::create(
+            &mut conn,
+            self.account.id,
+            &NewUser {
+                email: format!("{user}-{}@crm.example", self.tag.len()),
+                name: user.into(),
+                role: None,
+            },
+        )
+        .or_else(|_| User::find(&mut conn, 0))
+        .unwrap();
+        let input: MailboxInput = serde_json::from_value(serde_json::json!({
+            "address": format!("{user}@herald.test"),
+            "imap": {"host": env("HERALD_TEST_IMAP_HOST"), "port": env("HERALD_TEST_IMAP_PORT").parse::<u16>().unwrap(),
+                     "security": "none", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
+            "sync": sync
+        }))
+        .unwrap();
+        let draft = Draft::prepare(&mut conn, PlanLimits::default(), &owner, &input).unwrap();
+        conn.write(|conn| draft.insert(conn, &self.key, PlanLimits::default(), self.account.id))
+            .unwrap()
+    }
+
+    fn options(&self) -> SyncOptions {
+        SyncOptions {
+            inbox: self.folder.clone(),
+            batch: 2,
+            ..SyncOptions::default()
+        }
+    }
+
+    fn message(&self, n: usize, from: &str) -> Vec<u8> {
+        format!(
+            "From: {from}\r\nTo: bob@herald.test\r\nSubject: Message {n}\r\nDate: Sat, 21 Nov 2026 10:00:00 +0000\r\n\
+             Message-ID: <{n}-{}@crm.example>\r\n\r\nBody {n}\r\n",
+            self.tag
+        )
+        .into_bytes()
+    }
+
+    async fn append(&self, user: &str, folder: &str, raw: &[u8]) {
+        let mut session = Session::open(&self.settings(user)).await.unwrap();
+        session.append(folder, None, raw).await.unwrap();
+        session.logout().await;
+    }
+
+    fn count(&self, n: usize) -> i64 {
+        emails::table
+            .filter(emails::message_id.eq(format!("{n}-{}@crm.example", self.tag)))
+            .count()
+            .get_result(&mut self.test.connect())
+            .unwrap()
+    }
+
+    async fn cleanup(&self) {
+        for user in ["alice", "bob"] {
+            let mut session = Session::open(&self.settings(user)).await.unwrap();
+            let _ = session.delete(&self.folder).await;
+            session.logout().await;
+        }
+    }
+}
+
+async fn first_and_incremental_syncs_store_each_message_once(test: TestDb) {
+    let f = Fixture::new(test, "incremental").await;
+    let mailbox = f.mailbox("bob", "received");
+    for n in 1..=3 {
+        f.append("bob", &f.folder, &f.message(n, "Ann <ann@acme.example>"))
+            .await;
+    }
+    let report = sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    assert_eq!((report.fetched, report.new), (3, 3));
+    let again = sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    assert_eq!(again.fetched, 0, "a resync fetches nothing new: {again:?}");
+    f.append("bob", &f.folder, &f.message(4, "Ann <ann@acme.example>"))
+        .await;
+    let next = sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    assert_eq!((next.fetched, next.new), (1, 1));
+    for n in 1..=4 {
+        assert_eq!(f.count(n), 1, "message {n}");
+    }
+    let stored: (String, String, String) = emails::table
+        .filter(emails::message_id.eq(format!("1-{}@crm.example", f.tag)))
+        .select((emails::direction, emails::status, emails::author))
+        .first(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(
+        stored,
+        ("inbound".into(), "received".into(), "contact".into())
+    );
+    let state: String = herald_mailbox::schema::mailboxes::table
+        .find(mailbox.id)
+        .select(herald_mailbox::schema::mailboxes::state)
+        .first(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(state, "synced");
+    f.cleanup().await;
+}
+
+async fn the_same_message_in_two_mailboxes_is_one_email(test: TestDb) {
+    let f = Fixture::new(test, "two-mailboxes").await;
+    let alice = f.mailbox("alice", "received");
+    let bob = f.mailbox("bob", "received");
+    let raw = f.message(1, "Ann <ann@acme.example>");
+    f.append("alice", &f.folder, &raw).await;
+    f.append("bob", &f.folder, &raw).await;
+    let first = sync_mailbox(&f.test.db, &f.key, alice.id, &f.options())
+        .await
+        .unwrap();
+    let second = sync_mailbox(&f.test.db, &f.key, bob.id, &f.options())
+        .await
+        .unwrap();
+    assert_eq!((first.new, second.new, second.known), (1, 0, 1));
+    assert_eq!(f.count(1), 1);
+    let copies: i64 = email_copies::table
+        .count()
+        .get_result(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(copies, 2, "one copy per mailbox");
+    f.cleanup().await;
+}
+
+async fn a_uidvalidity_change_stores_nothing_twice(test: TestDb) {
+    let f = Fixture::new(test, "uidvalidity").await;
+    let mailbox = f.mailbox("bob", "received");
+    for n in 1..=2 {
+        f.append("bob", &f.folder, &f.message(n, "ann@acme.example"))
+            .await;
+    }
+    sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    let doveadm = env("HERALD_TEST_DOVEADM");
+    let mut words = doveadm.split_whitespace();
+    let status = std::process::Command::new(words.next().unwrap())
+        .args(words)
+        .args([
+            "mailbox",
+            "update",
+            "--uid-validity",
+            "4242",
+            "-u",
+            "bob@herald.test",
+            &f.folder,
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let after = sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    assert_eq!(
+        (after.fetched, after.new, after.known),
+        (2, 0, 2),
+        "re-read, recognised: {after:?}"
+    );
+    assert_eq!((f.count(1), f.count(2)), (1, 1));
+    f.cleanup().await;
+}
+
+async fn mail_in_the_sent_folder_is_sent_mail(test: TestDb) {
+    let f = Fixture::new(test, "sent").await;
+    let mailbox = f.mailbox("bob", "received_and_sent");
+    // Bob sent it from another mail client.
+    f.append("bob", "Sent", &f.message(1, "Bob <bob@herald.test>"))
+        .await;
+    let report = sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    assert!(report.new >= 1, "{report:?}");
+    let stored: (String, String, String) = emails::table
+        .filter(emails::message_id.eq(format!("1-{}@crm.example", f.tag)))
+        .select((emails::direction, emails::status, emails::author))
+        .first(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(stored, ("outbound".into(), "sent".into(), "user".into()));
+    f.cleanup().await;
+}
+
+backend_tests!(
+    first_and_incremental_syncs_store_each_message_once,
+    the_same_message_in_two_mailboxes_is_one_email,
+    a_uidvalidity_change_stores_nothing_twice,
+    mail_in_the_sent_folder_is_sent_mail,
+);
