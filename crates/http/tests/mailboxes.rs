@@ -244,6 +244,17 @@ async fn owner_only_mailboxes_are_hidden_and_only_owners_change_theirs(test: Tes
         (status, problem["field"].as_str()),
         (StatusCode::UNPROCESSABLE_ENTITY, Some("imap"))
     );
+    // The stored password never follows the mailbox to another host.
+    let mut elsewhere = mailbox("bob", false)["imap"].clone();
+    elsewhere.as_object_mut().unwrap().remove("password");
+    elsewhere["host"] = json!("localhost");
+    let (status, problem) = app
+        .patch(&owner, &shared_path, json!({"imap": elsewhere}))
+        .await;
+    assert_eq!(
+        (status, problem["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("imap.password"))
+    );
     let mut same = mailbox("bob", false)["imap"].clone();
     same.as_object_mut().unwrap().remove("password");
     let (status, _) = app.patch(&owner, &shared_path, json!({"imap": same})).await;

@@ -165,6 +165,9 @@ async fn tcp(host: &str, port: u16) -> Result<TcpStream, Failure> {
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
                 last = Failure::Refused(target.clone())
             }
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                last = Failure::Timeout(format!("{target}: {e}"))
+            }
             Err(e) => last = Failure::Refused(format!("{target}: {e}")),
         }
     }
@@ -238,10 +241,28 @@ pub(crate) async fn imap_session(
         .login(&settings.username, settings.password.expose_secret())
         .await
         .map_err(|(e, _)| match e {
-            async_imap::error::Error::No(message) => Failure::BadCredentials(message),
+            async_imap::error::Error::No(message) => login_refused(message),
             other => imap_failure(other),
         })?;
     Ok((session, greeting))
+}
+
+/// A `NO` to LOGIN: bad credentials unless its response code says otherwise (RFC 5530).
+fn login_refused(message: String) -> Failure {
+    let upper = message.to_ascii_uppercase();
+    if upper.contains("[PRIVACYREQUIRED]") || upper.contains("PLAINTEXT AUTHENTICATION DISALLOWED")
+    {
+        Failure::Tls(format!(
+            "the server wants an encrypted connection; choose `tls` or `starttls` ({message})"
+        ))
+    } else if upper.contains("[UNAVAILABLE]")
+        || upper.contains("[ALERT]")
+        || upper.contains("[EXPIRED]")
+    {
+        Failure::Protocol(message)
+    } else {
+        Failure::BadCredentials(message)
+    }
 }
 
 /// The server's capabilities as strings (`IMAP4rev1`, `AUTH=PLAIN`, `IDLE`, `CONDSTORE`…).
@@ -354,8 +375,15 @@ pub async fn check_smtp(settings: &ServerSettings) -> Result<SmtpReport, Connect
             }
         }
     };
-    result
+    let timeout = format!(
+        "{}:{} after {}s",
+        settings.host,
+        settings.port,
+        CONNECT_TIMEOUT.as_secs()
+    );
+    tokio::time::timeout(CONNECT_TIMEOUT, result)
         .await
+        .unwrap_or(Err(Failure::Timeout(timeout)))
         .map_err(|failure| ConnectError { side, failure })
 }
 

@@ -191,11 +191,21 @@ pub struct Draft {
     verify_tls: bool,
 }
 
+/// The stored server a PATCH may keep the password of: only when it goes to the same place.
+struct StoredServer<'a> {
+    host: &'a str,
+    port: i32,
+    security: &'a str,
+    username: &'a str,
+    verify_tls: bool,
+    password: SecretString,
+}
+
 fn server(
     input: &ServerInput,
     side: &str,
     verify_tls: bool,
-    stored: Option<SecretString>,
+    stored: Option<StoredServer<'_>>,
 ) -> Result<ServerSettings, CoreError> {
     let host = input.host.trim().to_ascii_lowercase();
     if host.is_empty() || host.contains(char::is_whitespace) {
@@ -211,9 +221,26 @@ fn server(
         ));
     }
     let username = parse_name(&input.username, &format!("{side}.username"), 320)?;
+    let security = security(&input.security, &format!("{side}.security"))?;
     let password = match (&input.password, stored) {
         (Some(p), _) => p.clone(),
-        (None, Some(stored)) => stored,
+        // The stored password is only sent where it was sent before: a new host, port, username
+        // or weaker protection needs it typed again, so a stolen token cannot redirect it.
+        (None, Some(stored))
+            if stored.host == host
+                && stored.port == i32::from(input.port)
+                && stored.security == security.as_str()
+                && stored.username == username
+                && (verify_tls || !stored.verify_tls) =>
+        {
+            stored.password
+        }
+        (None, Some(_)) => {
+            return Err(CoreError::invalid(
+                format!("{side}.password"),
+                "is required when the host, port, security, username or certificate check changes",
+            ));
+        }
         (None, None) => {
             return Err(CoreError::invalid(
                 format!("{side}.password"),
@@ -224,7 +251,7 @@ fn server(
     Ok(ServerSettings {
         host,
         port: input.port,
-        security: security(&input.security, &format!("{side}.security"))?,
+        security,
         username,
         password,
         verify_tls,
@@ -308,21 +335,63 @@ impl Draft {
             );
         }
         let verify_tls = patch.verify_tls.unwrap_or(current.verify_tls);
-        let stored_imap = key.open(&current.imap_password)?;
+        // Turning the certificate check off would send stored passwords to unverified servers:
+        // only with the passwords given again.
+        if !verify_tls && current.verify_tls {
+            let imap_given = patch.imap.as_ref().is_some_and(|i| i.password.is_some());
+            let smtp_given = current.smtp_host.is_none()
+                || patch.smtp.as_ref().is_some_and(|s| s.password.is_some());
+            if !(imap_given && smtp_given) {
+                return Err(CoreError::invalid(
+                    "verify_tls",
+                    "turning the certificate check off needs the passwords given again",
+                )
+                .into());
+            }
+        }
         let imap = match &patch.imap {
-            Some(input) => server(input, "imap", verify_tls, Some(stored_imap))?,
-            None => current.imap_settings(key)?,
+            Some(input) => {
+                let stored = StoredServer {
+                    host: &current.imap_host,
+                    port: current.imap_port,
+                    security: &current.imap_security,
+                    username: &current.imap_username,
+                    verify_tls: current.verify_tls,
+                    password: key.open(&current.imap_password)?,
+                };
+                server(input, "imap", verify_tls, Some(stored))?
+            }
+            None => ServerSettings {
+                verify_tls,
+                ..current.imap_settings(key)?
+            },
         };
         let smtp = match &patch.smtp {
             Some(input) => {
-                let stored = current
-                    .smtp_password
-                    .as_deref()
-                    .map(|p| key.open(p))
-                    .transpose()?;
+                let stored = match (
+                    &current.smtp_host,
+                    current.smtp_port,
+                    &current.smtp_security,
+                    &current.smtp_username,
+                    &current.smtp_password,
+                ) {
+                    (Some(host), Some(port), Some(security), Some(username), Some(password)) => {
+                        Some(StoredServer {
+                            host,
+                            port,
+                            security,
+                            username,
+                            verify_tls: current.verify_tls,
+                            password: key.open(password)?,
+                        })
+                    }
+                    _ => None,
+                };
                 Some(server(input, "smtp", verify_tls, stored)?)
             }
-            None => current.smtp_settings(key)?,
+            None => current
+                .smtp_settings(key)?
+                .map(|s| ServerSettings { verify_tls, ..s }),
         };
         let sending_enabled = patch.sending_enabled.unwrap_or(current.sending_enabled);
         if sending_enabled && smtp.is_none() {
@@ -363,6 +432,19 @@ impl Draft {
         Ok(draft)
     }
 
+    /// Inside the write transaction: on PostgreSQL, a lock per owner first, so two concurrent
+    /// saves cannot both pass the plan rules (SQLite's write lock already serialises them).
+    fn lock_owner(&self, conn: &mut DbConnection) -> Result<(), MailboxError> {
+        if let DbConnection::Postgres(pg) = conn {
+            diesel::sql_query("SELECT pg_advisory_xact_lock(727174, $1)")
+                .bind::<diesel::sql_types::Integer, _>(
+                    i32::try_from(self.owner_id % i64::from(i32::MAX)).unwrap_or(0),
+                )
+                .execute(pg)?;
+        }
+        Ok(())
+    }
+
     fn check_plan(&self, conn: &mut DbConnection, limits: PlanLimits) -> Result<(), MailboxError> {
         let owner = herald_core::identity::User::find(conn, self.owner_id)?;
         let account = Account::find(conn, owner.account_id)?;
@@ -394,6 +476,7 @@ impl Draft {
         limits: PlanLimits,
         account_id: i64,
     ) -> Result<Mailbox, MailboxError> {
+        self.lock_owner(conn)?;
         self.check_plan(conn, limits)?;
         let at = now();
         let smtp = self.smtp.as_ref();
@@ -440,6 +523,7 @@ impl Draft {
         let id = self
             .id
             .ok_or_else(|| CoreError::not_found("mailbox", "new"))?;
+        self.lock_owner(conn)?;
         self.check_plan(conn, limits)?;
         let smtp = self.smtp.as_ref();
         let sealed_smtp = smtp
