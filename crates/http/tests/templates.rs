@@ -262,6 +262,15 @@ async fn renders_from_each_record_type_with_html_escaping(test: TestDb) {
     );
     assert_eq!(problem["missing"], json!(["discount", "person.first_name"]));
 
+    // A null or blank variable is no value.
+    let (status, problem) = app
+        .post(&me, &render, json!({"record": {"type": "person", "id": person["id"]}, "variables": {"discount": null}}))
+        .await;
+    assert_eq!(
+        (status, problem["missing"].clone()),
+        (StatusCode::UNPROCESSABLE_ENTITY, json!(["discount"]))
+    );
+
     let (status, problem) = app
         .post(
             &me,

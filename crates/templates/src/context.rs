@@ -120,7 +120,15 @@ pub fn build(
             )
             .into());
         }
-        context.insert(name.clone(), value.clone());
+        // A null or blank variable is no value: it is reported missing (or takes its default).
+        let blank = match value {
+            Value::Null => true,
+            Value::String(s) => s.trim().is_empty(),
+            _ => false,
+        };
+        if !blank {
+            context.insert(name.clone(), value.clone());
+        }
     }
     context.insert("sender".into(), sender_value(sender));
 

@@ -152,16 +152,59 @@ impl Engine {
         });
         env.remove_global("namespace");
         env.remove_global("debug");
-        // Filters that can build a string much larger than their input in one step.
-        for filter in ["indent", "format", "pprint", "string", "tojson"] {
+        // Filters that can build a string or list much larger than their input in one step.
+        for filter in [
+            "indent", "format", "pprint", "string", "tojson", "batch", "slice",
+        ] {
             env.remove_filter(filter);
         }
         let cap = self.limits.max_output_bytes;
+        // Every filter that makes a string counts what it makes against the render's work budget
+        // and the output cap, so chaining them (`|e|title|e|…`) cannot grow without bound.
         env.add_filter("join", move |value: &Value, joiner: Option<&str>| {
-            capped_join(cap, value, joiner.unwrap_or(""))
+            account(cap, capped_join(cap, value, joiner.unwrap_or(""))?)
         });
         env.add_filter("replace", move |value: &str, from: &str, to: &str| {
-            capped_replace(cap, value, from, to)
+            account(cap, capped_replace(cap, value, from, to)?)
+        });
+        let escape = move |state: &mut minijinja::State, value: &Value| {
+            account_value(cap, minijinja::filters::escape(state, value)?)
+        };
+        env.add_filter("escape", escape);
+        env.add_filter("e", escape);
+        env.add_filter("upper", move |value: &Value| {
+            account(cap, text_of(value)?.to_uppercase())
+        });
+        env.add_filter("lower", move |value: &Value| {
+            account(cap, text_of(value)?.to_lowercase())
+        });
+        env.add_filter("title", move |value: &Value| {
+            account(cap, minijinja::filters::title(text_of(value)?.into()))
+        });
+        env.add_filter("capitalize", move |value: &Value| {
+            let text = text_of(value)?;
+            let mut chars = text.chars();
+            let out = match chars.next() {
+                Some(first) => first
+                    .to_uppercase()
+                    .chain(chars.flat_map(char::to_lowercase))
+                    .collect(),
+                None => String::new(),
+            };
+            account(cap, out)
+        });
+        // Printing a list or a map would format it whole before the output cap sees a byte.
+        env.set_formatter(|out, state, value| {
+            if matches!(
+                value.kind(),
+                minijinja::value::ValueKind::Seq | minijinja::value::ValueKind::Map
+            ) {
+                return Err(minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    "a list or a map cannot be printed; use `join` or a `{% for %}` loop",
+                ));
+            }
+            minijinja::escape_formatter(out, state, value)
         });
         env
     }
@@ -291,6 +334,65 @@ fn unfillable(name: &str) -> Option<String> {
     }
 }
 
+thread_local! {
+    /// Bytes made by string filters in the current part's render (renders run one at a time on
+    /// a blocking thread); reset before each.
+    static WORK: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+/// Work a part's render may do in string filters: a few times the output cap.
+const WORK_FACTOR: usize = 8;
+
+fn reset_work() {
+    WORK.with(|w| w.set(0));
+}
+
+/// Counts a filter's result against the output cap and the render's work budget.
+fn account(cap: usize, out: String) -> Result<String, minijinja::Error> {
+    if out.len() > cap {
+        return Err(too_large(cap));
+    }
+    let total = WORK.with(|w| {
+        let total = w.get().saturating_add(out.len());
+        w.set(total);
+        total
+    });
+    if total > cap.saturating_mul(WORK_FACTOR) {
+        return Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "the template's filters produce too much text (more than a few times the output limit)",
+        ));
+    }
+    Ok(out)
+}
+
+fn account_value(cap: usize, value: Value) -> Result<Value, minijinja::Error> {
+    if let Some(text) = value.as_str() {
+        let safe = value.is_safe();
+        let counted = account(cap, text.to_owned())?;
+        return Ok(if safe {
+            Value::from_safe_string(counted)
+        } else {
+            Value::from(counted)
+        });
+    }
+    Ok(value)
+}
+
+/// The text of a value for a string filter; a missing value is reported, not treated as blank.
+fn text_of(value: &Value) -> Result<String, minijinja::Error> {
+    if value.is_undefined() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "the value is undefined",
+        ));
+    }
+    Ok(match value.as_str() {
+        Some(s) => s.to_owned(),
+        None => value.to_string(),
+    })
+}
+
 fn too_large(cap: usize) -> minijinja::Error {
     minijinja::Error::new(
         ErrorKind::InvalidOperation,
@@ -300,6 +402,13 @@ fn too_large(cap: usize) -> minijinja::Error {
 
 /// `join`, stopping as soon as the result passes the output limit.
 fn capped_join(cap: usize, value: &Value, joiner: &str) -> Result<String, minijinja::Error> {
+    // A missing list is a missing value, not an empty one.
+    if value.is_undefined() {
+        return Err(minijinja::Error::new(
+            ErrorKind::UndefinedError,
+            "the value is undefined",
+        ));
+    }
     let mut out = String::new();
     for (i, item) in value.try_iter()?.enumerate() {
         if i > 0 {
@@ -373,6 +482,9 @@ impl fmt::Debug for Compiled {
     }
 }
 
+/// Most missing names one render reports (each costs a render of its own).
+const MAX_MISSING: usize = 20;
+
 /// A writer that refuses to go past the output limit.
 struct CappedWriter {
     buffer: Vec<u8>,
@@ -405,8 +517,9 @@ impl Compiled {
     pub fn render(&self, context: &serde_json::Value) -> Result<Rendered, TemplateError> {
         let mut context = context.clone();
         let mut missing: BTreeSet<String> = BTreeSet::new();
-        // Each retry fills one more name; the number of distinct names is bounded by the source.
-        for _ in 0..=self.limits.max_source_bytes {
+        // Each retry fills one more name and renders again with fresh fuel, so the retries are
+        // bounded: past MAX_MISSING names the list is cut short.
+        for _ in 0..=MAX_MISSING {
             match self.render_once(&context)? {
                 Ok(rendered) if missing.is_empty() => return Ok(rendered),
                 Ok(_) => {
@@ -466,6 +579,7 @@ impl Compiled {
                     line: 1,
                     message: e.to_string(),
                 })?;
+        reset_work();
         let mut out = CappedWriter {
             buffer: Vec::new(),
             cap: self.limits.max_output_bytes,
@@ -515,9 +629,29 @@ fn undefined_name(source: &str, e: &minijinja::Error) -> String {
     };
     if let Some(range) = e.range()
         && let Some(text) = source.get(range)
-        && is_path(text.trim())
     {
-        return text.trim().to_owned();
+        // `person.phones | join(', ')`: the placeholder is what the filters were given.
+        let head = text.split('|').next().unwrap_or_default().trim();
+        if is_path(head) {
+            return head.to_owned();
+        }
+        // A filter that found its input missing points at itself: the input is the path just
+        // before its `|`.
+        if let Some(range) = e.range()
+            && let Some(before) = source.get(..range.start)
+        {
+            let before = before.trim_end().trim_end_matches('|').trim_end();
+            let start = before
+                .char_indices()
+                .rev()
+                .take_while(|(_, c)| c.is_alphanumeric() || *c == '_' || *c == '.')
+                .last()
+                .map(|(i, _)| i)
+                .unwrap_or(before.len());
+            if is_path(&before[start..]) {
+                return before[start..].to_owned();
+            }
+        }
     }
     e.detail()
         .and_then(|d| d.split('`').nth(1))

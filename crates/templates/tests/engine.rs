@@ -282,3 +282,61 @@ fn compiled_once_renders_many_times() {
         assert_eq!(rendered.text, None);
     }
 }
+
+#[test]
+fn filters_that_multiply_data_are_refused_or_capped() {
+    let engine = Engine::default();
+    for source in [
+        "{{ [1] | batch(1000000000, 0) | length }}",
+        "{{ [1] | slice(1000000000) | length }}",
+    ] {
+        let err = engine
+            .render(&sources("x", None, Some(source)), &ann())
+            .unwrap_err();
+        assert!(
+            matches!(&err, TemplateError::Render { message, .. } if message.contains("unknown")),
+            "{source}: {err:?}"
+        );
+    }
+    // Each escape turns every `&` into five bytes: chained, it would grow without end.
+    let chained = "{{ range(60000) | join('&') | e | title | e | title | e | title | e }}";
+    let err = engine
+        .render(&sources("x", Some(chained), None), &ann())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TemplateError::Render { message, .. } if message.contains("output limit") || message.contains("too much text")),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn a_list_cannot_be_printed_whole() {
+    let err = Engine::default()
+        .render(&sources("x", Some("{{ person.emails }}"), None), &ann())
+        .unwrap_err();
+    assert!(
+        matches!(&err, TemplateError::Render { message, .. } if message.contains("join")),
+        "{err:?}"
+    );
+    let ok = Engine::default()
+        .render(
+            &sources("x", Some("{{ person.emails | join(', ') }}"), None),
+            &ann(),
+        )
+        .unwrap();
+    assert_eq!(ok.html.as_deref(), Some("ann@acme.example"));
+}
+
+#[test]
+fn joining_a_missing_list_is_a_missing_value() {
+    let err = Engine::default()
+        .render(
+            &sources("x", None, Some("Phones: {{ person.phones | join(', ') }}")),
+            &ann(),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, TemplateError::MissingValues { names } if names == &["person.phones"]),
+        "{err:?}"
+    );
+}

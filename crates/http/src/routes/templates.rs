@@ -134,7 +134,7 @@ pub async fn render(
     body: JsonBody<RenderRequest>,
 ) -> ApiResult<Json<Rendered>> {
     let (engine, user, request) = (state.templates.clone(), me.user, body.value);
-    let rendered = state
+    let (template, context) = state
         .db
         .run(move |conn| {
             let template = Template::find(conn, &user, id)?;
@@ -145,8 +145,15 @@ pub async fn render(
                 request.record,
                 &request.variables,
             )?;
-            engine.render(&template.sources(), &context)
+            Ok::<_, TemplateError>((template, context))
         })
         .await?;
+    // Rendering is CPU work: on the blocking pool, without holding a database connection.
+    let rendered =
+        tokio::task::spawn_blocking(move || engine.render(&template.sources(), &context))
+            .await
+            .map_err(|e| {
+                herald_core::CoreError::Unavailable(format!("render task failed: {e}"))
+            })??;
     Ok(Json(rendered))
 }
