@@ -9,7 +9,7 @@ use std::time::Duration;
 use thiserror::Error;
 
 /// How a job run failed.
-#[derive(Debug, Error)]
+#[derive(Clone, Debug, Error)]
 #[non_exhaustive]
 pub enum JobError {
     /// Worth trying again later (a network error, a 4xx SMTP reply, a 429).

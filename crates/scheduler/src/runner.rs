@@ -319,6 +319,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         );
         let mut loops = JoinSet::new();
         let mut names = HashMap::new();
+        let mut restarts = 0u32;
         for n in 0..self.inner.settings.workers {
             let worker = format!("{}-{n}", self.inner.instance);
             let handle = loops.spawn(self.clone().worker_loop(worker.clone(), shutdown.clone()));
@@ -346,6 +347,10 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 && !shutdown.is_cancelled()
             {
                 error!(%worker, error = %e, "a worker loop failed; starting it again");
+                // A new worker id: the failed loop's jobs are not renewed by the new one and
+                // are recovered when their lease runs out.
+                restarts += 1;
+                let worker = format!("{worker}-r{restarts}");
                 let handle =
                     loops.spawn(self.clone().worker_loop(worker.clone(), shutdown.clone()));
                 names.insert(handle.id(), worker);
@@ -419,7 +424,15 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 if !maybe_due {
                     next_poll = tokio::time::Instant::now() + settings.poll_interval;
                 }
-                stats.claimed += claimed.len();
+                if !claimed.is_empty() {
+                    // A fresh lease: the renewal clock starts now, not at the last renewal
+                    // before an idle spell.
+                    if flight.running.is_empty() {
+                        last_renewed = tokio::time::Instant::now();
+                        renew.reset();
+                    }
+                    stats.claimed += claimed.len();
+                }
                 self.start(&mut flight, claimed);
             }
             let record_now = !flight.finished.is_empty()
@@ -429,13 +442,30 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                         .finished_since
                         .is_some_and(|t| t.elapsed() >= RECORD_DELAY));
             if record_now {
-                let recorded = self.record(&worker, flight.take_finished()).await;
+                let finished = flight.take_finished();
+                let recorded = match self.record(&worker, &finished).await {
+                    Some(recorded) => recorded,
+                    None => {
+                        // Keep the outcomes and try again shortly: the jobs stay leased (and
+                        // renewed) meanwhile, so none runs twice.
+                        flight.finished = finished;
+                        flight.finished_since = Some(tokio::time::Instant::now());
+                        tokio::time::sleep(settings.poll_interval).await;
+                        continue;
+                    }
+                };
                 // Draining: a retry due at once (no backoff) is picked up before returning.
                 maybe_due |= until_empty && (recorded.retried > 0 || recorded.released > 0);
                 stats.add(recorded);
                 continue;
             }
             if flight.running.is_empty() {
+                // A job may have enqueued another as it finished: look once more before leaving.
+                if until_empty && !maybe_due && wake_ups.has_changed().unwrap_or(false) {
+                    wake_ups.borrow_and_update();
+                    maybe_due = true;
+                    continue;
+                }
                 if stopping || (until_empty && !maybe_due) {
                     return stats;
                 }
@@ -463,7 +493,13 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 // them on a fixed schedule even while jobs keep finishing.
                 _ = tokio::time::sleep_until(next_poll), if !maybe_due && !until_empty => maybe_due = true,
                 _ = renew.tick() => {
-                    match self.renew(&worker).await {
+                    let held: Vec<i64> = flight
+                        .running
+                        .values()
+                        .map(|(job, _)| job.id)
+                        .chain(flight.finished.iter().map(|(job, _)| job.id))
+                        .collect();
+                    match self.renew(&worker, held).await {
                         Some(held) => {
                             last_renewed = tokio::time::Instant::now();
                             let lost: Vec<i64> = flight
@@ -496,8 +532,21 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                     warn!(in_flight = flight.running.len(), "grace period over: releasing unfinished jobs");
                     flight.tasks.abort_all();
                     // Jobs that finished meanwhile keep their outcome; aborted ones are unfinished.
-                    while let Some(joined) = flight.tasks.join_next_with_id().await {
-                        flight.joined(joined);
+                    // A job blocked outside an await point never sees the abort: stop waiting
+                    // after a few seconds and release what is left (its lease would run out anyway).
+                    let drain = async {
+                        while let Some(joined) = flight.tasks.join_next_with_id().await {
+                            flight.joined(joined);
+                        }
+                    };
+                    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+                        let stuck: Vec<u64> = flight.running.keys().copied().collect();
+                        for slot in stuck {
+                            if let Some((job, _)) = flight.running.remove(&slot) {
+                                flight.finish(job, Outcome::Unfinished);
+                            }
+                        }
+                        flight.tasks.detach_all();
                     }
                 }
             }
@@ -585,7 +634,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
 
     /// Renews the lease of every job this worker holds; the ids still held, or `None` when the
     /// database could not be reached.
-    async fn renew(&self, worker: &str) -> Option<Vec<i64>> {
+    async fn renew(&self, worker: &str, held: Vec<i64>) -> Option<Vec<i64>> {
         let lease = TimeDelta::from_std(self.inner.settings.lease).unwrap_or(TimeDelta::minutes(5));
         let owner = worker.to_owned();
         match self
@@ -595,6 +644,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 Ok::<_, herald_core::CoreError>(storage::extend_leases(
                     conn,
                     &owner,
+                    &held,
                     now() + lease,
                 )?)
             })
@@ -610,14 +660,14 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
 
     /// Writes the outcomes in one transaction: successes acknowledged in one statement, failures
     /// retried later or buried, unfinished jobs released.
-    async fn record(&self, worker: &str, finished: Vec<(ClaimedJob, Outcome)>) -> PassStats {
+    async fn record(&self, worker: &str, finished: &[(ClaimedJob, Outcome)]) -> Option<PassStats> {
         let mut done = Vec::new();
         let mut failed = Vec::new();
         let mut unfinished = Vec::new();
         for (job, outcome) in finished {
             match outcome {
                 Outcome::Done => done.push(job.id),
-                Outcome::Failed(e) => failed.push((job, e)),
+                Outcome::Failed(e) => failed.push((job.clone(), e.clone())),
                 Outcome::Unfinished => unfinished.push(job.id),
                 Outcome::Lost => {}
             }
@@ -627,7 +677,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         let result = self
             .inner
             .db
-            .run(move |conn| {
+            .run(move |conn| conn.write(|conn| {
                 let mut stats = PassStats::default();
                 let acked = storage::ack(conn, &owner, &done)?;
                 if acked < done.len() {
@@ -658,7 +708,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                     stats.released = storage::release(conn, &owner, &unfinished)?;
                 }
                 Ok::<_, herald_core::CoreError>(stats)
-            })
+            }))
             .await;
         match result {
             Ok(stats) => {
@@ -667,12 +717,12 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                         .increment(stats.succeeded as u64);
                 }
                 debug!(?stats, "outcomes recorded");
-                stats
+                Some(stats)
             }
-            // The leases will expire and the jobs be recovered: nothing is lost.
+            // Nothing was written (one transaction): the caller keeps the outcomes and retries.
             Err(e) => {
-                error!(error = %e, "could not record job outcomes");
-                PassStats::default()
+                error!(error = %e, "could not record job outcomes; will retry");
+                None
             }
         }
     }

@@ -275,14 +275,20 @@ pub fn release(conn: &mut DbConnection, worker: &str, ids: &[i64]) -> QueryResul
     .execute(conn)
 }
 
-/// Renews the lease of every job `worker` holds; returns the ids it still holds.
+/// Renews the leases of `ids` that `worker` still holds; returns those ids. Jobs the worker no
+/// longer tracks (a failed loop, an abandoned run) are left to expire and be recovered.
 pub fn extend_leases(
     conn: &mut DbConnection,
     worker: &str,
+    ids: &[i64],
     until: NaiveDateTime,
 ) -> QueryResult<Vec<i64>> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
     diesel::update(
         jobs::table
+            .filter(jobs::id.eq_any(ids))
             .filter(jobs::locked_by.eq(worker))
             .filter(jobs::status.eq(RUNNING)),
     )
