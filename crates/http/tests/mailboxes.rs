@@ -276,7 +276,47 @@ async fn owner_only_mailboxes_are_hidden_and_only_owners_change_theirs(test: Tes
     );
 }
 
+async fn templates_sign_with_the_sending_mailbox(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let me = app.login("signature", "member");
+    let mut input = mailbox("alice", true);
+    input["display_name"] = json!("Alice at Acme");
+    input["signature"] = json!("-- \nAlice, Acme Sales");
+    let (status, created) = app.post(&me, "/api/v1/mailboxes", input).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["signature"], "-- \nAlice, Acme Sales");
+    let (_, template) = app
+        .post(
+            &me,
+            "/api/v1/templates",
+            json!({"name": "Signed", "subject": "Hi", "text": "From {{ sender.display_name }} <{{ sender.address }}>\n{{ sender.signature }}"}),
+        )
+        .await;
+    assert!(
+        template["warnings"].as_array().unwrap().is_empty(),
+        "sender fields are known: {template}"
+    );
+    let render = format!("/api/v1/templates/{}/render", template["id"]);
+    let (status, out) = app.post(&me, &render, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(
+        out["text"],
+        "From Alice at Acme <alice@herald.test>\n-- \nAlice, Acme Sales"
+    );
+    // Someone else's mailbox cannot sign for the caller.
+    let colleague = app.add_user(me.account_id, "colleague@signature.example.com", "member");
+    let (status, problem) = app
+        .post(&colleague, &render, json!({"mailbox_id": created["id"]}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "a personal template of another user: {problem}"
+    );
+}
+
 backend_tests!(
+    templates_sign_with_the_sending_mailbox,
     a_mailbox_is_checked_then_saved_without_showing_its_password,
     a_failed_check_says_which_side_and_why,
     plan_rules_name_the_rule,

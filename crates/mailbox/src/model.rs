@@ -55,6 +55,7 @@ pub struct Mailbox {
     pub owner_id: i64,
     pub address: String,
     pub display_name: Option<String>,
+    pub signature: Option<String>,
     pub imap_host: String,
     pub imap_port: i32,
     pub imap_security: String,
@@ -92,6 +93,8 @@ pub struct MailboxView {
     pub owner_id: i64,
     pub address: String,
     pub display_name: Option<String>,
+    /// Shown by templates as `{{ sender.signature }}`.
+    pub signature: Option<String>,
     pub imap: ServerView,
     pub smtp: Option<ServerView>,
     pub verify_tls: bool,
@@ -134,6 +137,9 @@ pub struct MailboxInput {
     pub address: String,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// Plain text or HTML the templates show as `{{ sender.signature }}`.
+    #[serde(default)]
+    pub signature: Option<String>,
     pub imap: ServerInput,
     /// Required when `sending_enabled` is true.
     #[serde(default)]
@@ -155,6 +161,7 @@ pub struct MailboxInput {
 #[serde(deny_unknown_fields)]
 pub struct MailboxPatch {
     pub display_name: Option<String>,
+    pub signature: Option<String>,
     pub imap: Option<ServerInput>,
     pub smtp: Option<ServerInput>,
     pub sync: Option<String>,
@@ -179,6 +186,7 @@ pub struct Draft {
     owner_id: i64,
     address: String,
     display_name: Option<String>,
+    signature: Option<String>,
     pub imap: ServerSettings,
     /// Present when sending is enabled or an SMTP server was given.
     pub smtp: Option<ServerSettings>,
@@ -284,6 +292,7 @@ impl Draft {
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
                 .map(str::to_owned),
+            signature: input.signature.clone().filter(|s| !s.trim().is_empty()),
             check_imap: true,
             check_smtp: smtp.is_some() && input.sending_enabled,
             imap,
@@ -407,6 +416,10 @@ impl Draft {
                 Some(name) => Some(name.trim().to_owned()).filter(|s| !s.is_empty()),
                 None => current.display_name.clone(),
             },
+            signature: match &patch.signature {
+                Some(signature) => Some(signature.clone()).filter(|s| !s.trim().is_empty()),
+                None => current.signature.clone(),
+            },
             check_imap: patch.imap.is_some() || patch.verify_tls.is_some(),
             // SMTP is checked when sending is on and its server changed or sending was just enabled.
             check_smtp: sending_enabled
@@ -489,6 +502,7 @@ impl Draft {
                 mailboxes::owner_id.eq(self.owner_id),
                 mailboxes::address.eq(&self.address),
                 mailboxes::display_name.eq(&self.display_name),
+                mailboxes::signature.eq(&self.signature),
                 mailboxes::imap_host.eq(&self.imap.host),
                 mailboxes::imap_port.eq(i32::from(self.imap.port)),
                 mailboxes::imap_security.eq(self.imap.security.as_str()),
@@ -532,6 +546,7 @@ impl Draft {
         let mailbox = diesel::update(mailboxes::table.find(id))
             .set((
                 mailboxes::display_name.eq(&self.display_name),
+                mailboxes::signature.eq(&self.signature),
                 mailboxes::imap_host.eq(&self.imap.host),
                 mailboxes::imap_port.eq(i32::from(self.imap.port)),
                 mailboxes::imap_security.eq(self.imap.security.as_str()),
@@ -593,6 +608,18 @@ impl Mailbox {
             query = query.filter(mailboxes::id.lt(before));
         }
         Ok(Page::from_rows(query.load(conn)?, page.limit, |m| m.id))
+    }
+
+    /// The mailbox `user` sends from by default: their own with sending enabled (the oldest, if
+    /// the plan allows several).
+    pub fn default_sending(conn: &mut DbConnection, user: &User) -> QueryResult<Option<Mailbox>> {
+        mailboxes::table
+            .filter(mailboxes::owner_id.eq(user.id))
+            .filter(mailboxes::sending_enabled.eq(true))
+            .order(mailboxes::id.asc())
+            .select(Mailbox::as_select())
+            .first(conn)
+            .optional()
     }
 
     /// Every mailbox of every account (`herald mailbox list`, for operators).
@@ -668,6 +695,7 @@ impl Mailbox {
             owner_id: self.owner_id,
             address: self.address.clone(),
             display_name: self.display_name.clone(),
+            signature: self.signature.clone(),
             imap: server(
                 &self.imap_host,
                 self.imap_port,

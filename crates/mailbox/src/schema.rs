@@ -7,6 +7,7 @@ diesel::table! {
         owner_id -> BigInt,
         address -> Text,
         display_name -> Nullable<Text>,
+        signature -> Nullable<Text>,
         imap_host -> Text,
         imap_port -> Integer,
         imap_security -> Text,

@@ -29,7 +29,17 @@ pub const KNOWN_FIELDS: &[(&str, &[&str])] = &[
     ("company", &["name", "domain", "email", "emails"]),
     ("deal", &["title", "value", "currency"]),
     ("lead", &["title"]),
-    ("sender", &["name", "first_name", "email"]),
+    (
+        "sender",
+        &[
+            "name",
+            "first_name",
+            "email",
+            "address",
+            "display_name",
+            "signature",
+        ],
+    ),
 ];
 
 pub const ROOTS: &[&str] = &["person", "company", "deal", "lead", "sender"];
@@ -84,20 +94,42 @@ fn company_value(c: &Company) -> Value {
     ])
 }
 
-fn sender_value(user: &User) -> Value {
+/// The mailbox an email goes out from, as templates see it.
+#[derive(Clone, Debug, Default)]
+pub struct SenderMailbox {
+    pub address: String,
+    pub display_name: Option<String>,
+    pub signature: Option<String>,
+}
+
+fn sender_value(user: &User, mailbox: Option<&SenderMailbox>) -> Value {
     object(vec![
         ("name", json!(user.name)),
         ("first_name", json!(user.name.split_whitespace().next())),
         ("email", json!(user.email)),
+        ("address", json!(mailbox.map(|m| &m.address))),
+        (
+            "display_name",
+            json!(
+                mailbox
+                    .and_then(|m| m.display_name.clone())
+                    .or_else(|| Some(user.name.clone()))
+            ),
+        ),
+        (
+            "signature",
+            json!(mailbox.and_then(|m| m.signature.clone())),
+        ),
     ])
 }
 
-/// Builds the context for `record` (and the records it points at) as `sender` sees it, with the
-/// caller's variables beside them.
+/// Builds the context for `record` (and the records it points at) as `sender` sees it, sending
+/// from `mailbox`, with the caller's variables beside them.
 pub fn build(
     conn: &mut DbConnection,
     account_id: i64,
     sender: &User,
+    mailbox: Option<&SenderMailbox>,
     record: Option<RecordRef>,
     variables: &Map<String, Value>,
 ) -> Result<Value, TemplateError> {
@@ -130,7 +162,7 @@ pub fn build(
             context.insert(name.clone(), value.clone());
         }
     }
-    context.insert("sender".into(), sender_value(sender));
+    context.insert("sender".into(), sender_value(sender, mailbox));
 
     let (mut person_id, mut company_id) = (None, None);
     if let Some(record) = record {

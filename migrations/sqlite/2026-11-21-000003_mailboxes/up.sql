@@ -4,6 +4,8 @@ CREATE TABLE mailboxes (
     owner_id BIGINT NOT NULL REFERENCES users (id) ON DELETE CASCADE,
     address TEXT NOT NULL,
     display_name TEXT,
+    -- Appended by templates as {{ sender.signature }}.
+    signature TEXT,
     imap_host TEXT NOT NULL,
     imap_port INTEGER NOT NULL,
     imap_security TEXT NOT NULL CHECK (imap_security IN ('tls', 'starttls', 'none')),

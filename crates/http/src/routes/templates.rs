@@ -5,11 +5,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use herald_core::pagination::Page;
-use herald_templates::context::{self, RecordRef};
+use herald_mailbox::Mailbox;
+use herald_templates::context::{self, RecordRef, SenderMailbox};
 use herald_templates::{Rendered, Saved, Template, TemplateError, TemplateInput, TemplatePatch};
 use serde::Deserialize;
 
-use crate::error::{ApiResult, Problem};
+use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{Caller, JsonBody, PageParams, Path, Query};
 use crate::idempotent::{idempotent, json_response};
 use crate::routes::ListResponse;
@@ -116,6 +117,10 @@ pub struct RenderRequest {
     /// `{"type": "person" | "company" | "deal" | "lead", "id": …}`; its linked person and company
     /// are filled in too.
     pub record: Option<RecordRef>,
+    /// The mailbox the email would go out from (its address, display name and signature fill
+    /// `sender`); default: the caller's sending mailbox.
+    #[serde(default)]
+    pub mailbox_id: Option<i64>,
     /// Values for placeholders that are not CRM data, e.g. `{"discount": 10}`.
     #[serde(default)]
     #[schema(value_type = Object)]
@@ -138,14 +143,35 @@ pub async fn render(
         .db
         .run(move |conn| {
             let template = Template::find(conn, &user, id)?;
+            let mailbox = match request.mailbox_id {
+                Some(mailbox_id) => {
+                    let mailbox = Mailbox::find(conn, &user, mailbox_id)?;
+                    if mailbox.owner_id != user.id {
+                        return Err(ApiError::Core(herald_core::CoreError::invalid(
+                            "mailbox_id",
+                            "must be one of your own mailboxes",
+                        )));
+                    }
+                    Some(mailbox)
+                }
+                None => {
+                    Mailbox::default_sending(conn, &user).map_err(herald_core::CoreError::from)?
+                }
+            };
+            let sender = mailbox.map(|m| SenderMailbox {
+                address: m.address,
+                display_name: m.display_name,
+                signature: m.signature,
+            });
             let context = context::build(
                 conn,
                 user.account_id,
                 &user,
+                sender.as_ref(),
                 request.record,
                 &request.variables,
             )?;
-            Ok::<_, TemplateError>((template, context))
+            Ok::<_, ApiError>((template, context))
         })
         .await?;
     // Rendering is CPU work: on the blocking pool, without holding a database connection.
