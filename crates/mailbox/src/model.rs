@@ -77,6 +77,27 @@ pub struct Mailbox {
     pub updated_at: NaiveDateTime,
 }
 
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = mailboxes, treat_none_as_null = true)]
+struct MailboxRow {
+    display_name: Option<String>,
+    signature: Option<String>,
+    imap_host: String,
+    imap_port: i32,
+    imap_security: String,
+    imap_username: String,
+    imap_password: String,
+    smtp_host: Option<String>,
+    smtp_port: Option<i32>,
+    smtp_security: Option<String>,
+    smtp_username: Option<String>,
+    smtp_password: Option<String>,
+    verify_tls: bool,
+    sync: String,
+    sending_enabled: bool,
+    visibility: String,
+}
+
 /// A server as the API shows it: never the password.
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct ServerView {
@@ -481,6 +502,31 @@ impl Draft {
         Ok(())
     }
 
+    /// The columns a save writes, passwords sealed.
+    fn row(&self, key: &SecretKey) -> Result<MailboxRow, CoreError> {
+        let smtp = self.smtp.as_ref();
+        Ok(MailboxRow {
+            display_name: self.display_name.clone(),
+            signature: self.signature.clone(),
+            imap_host: self.imap.host.clone(),
+            imap_port: i32::from(self.imap.port),
+            imap_security: self.imap.security.as_str().to_owned(),
+            imap_username: self.imap.username.clone(),
+            imap_password: key.seal(secrecy::ExposeSecret::expose_secret(&self.imap.password))?,
+            smtp_host: smtp.map(|s| s.host.clone()),
+            smtp_port: smtp.map(|s| i32::from(s.port)),
+            smtp_security: smtp.map(|s| s.security.as_str().to_owned()),
+            smtp_username: smtp.map(|s| s.username.clone()),
+            smtp_password: smtp
+                .map(|s| key.seal(secrecy::ExposeSecret::expose_secret(&s.password)))
+                .transpose()?,
+            verify_tls: self.verify_tls,
+            sync: self.sync.as_str().to_owned(),
+            sending_enabled: self.sending_enabled,
+            visibility: self.visibility.as_str().to_owned(),
+        })
+    }
+
     /// Writes a new mailbox (call inside a write transaction, after the servers were checked).
     pub fn insert(
         &self,
@@ -492,32 +538,12 @@ impl Draft {
         self.lock_owner(conn)?;
         self.check_plan(conn, limits)?;
         let at = now();
-        let smtp = self.smtp.as_ref();
-        let sealed_smtp = smtp
-            .map(|s| key.seal(secrecy::ExposeSecret::expose_secret(&s.password)))
-            .transpose()?;
         let mailbox = diesel::insert_into(mailboxes::table)
             .values((
+                &self.row(key)?,
                 mailboxes::account_id.eq(account_id),
                 mailboxes::owner_id.eq(self.owner_id),
                 mailboxes::address.eq(&self.address),
-                mailboxes::display_name.eq(&self.display_name),
-                mailboxes::signature.eq(&self.signature),
-                mailboxes::imap_host.eq(&self.imap.host),
-                mailboxes::imap_port.eq(i32::from(self.imap.port)),
-                mailboxes::imap_security.eq(self.imap.security.as_str()),
-                mailboxes::imap_username.eq(&self.imap.username),
-                mailboxes::imap_password
-                    .eq(key.seal(secrecy::ExposeSecret::expose_secret(&self.imap.password))?),
-                mailboxes::smtp_host.eq(smtp.map(|s| s.host.clone())),
-                mailboxes::smtp_port.eq(smtp.map(|s| i32::from(s.port))),
-                mailboxes::smtp_security.eq(smtp.map(|s| s.security.as_str())),
-                mailboxes::smtp_username.eq(smtp.map(|s| s.username.clone())),
-                mailboxes::smtp_password.eq(sealed_smtp),
-                mailboxes::verify_tls.eq(self.verify_tls),
-                mailboxes::sync.eq(self.sync.as_str()),
-                mailboxes::sending_enabled.eq(self.sending_enabled),
-                mailboxes::visibility.eq(self.visibility.as_str()),
                 mailboxes::state.eq("connected"),
                 mailboxes::created_at.eq(at),
                 mailboxes::updated_at.eq(at),
@@ -539,31 +565,8 @@ impl Draft {
             .ok_or_else(|| CoreError::not_found("mailbox", "new"))?;
         self.lock_owner(conn)?;
         self.check_plan(conn, limits)?;
-        let smtp = self.smtp.as_ref();
-        let sealed_smtp = smtp
-            .map(|s| key.seal(secrecy::ExposeSecret::expose_secret(&s.password)))
-            .transpose()?;
         let mailbox = diesel::update(mailboxes::table.find(id))
-            .set((
-                mailboxes::display_name.eq(&self.display_name),
-                mailboxes::signature.eq(&self.signature),
-                mailboxes::imap_host.eq(&self.imap.host),
-                mailboxes::imap_port.eq(i32::from(self.imap.port)),
-                mailboxes::imap_security.eq(self.imap.security.as_str()),
-                mailboxes::imap_username.eq(&self.imap.username),
-                mailboxes::imap_password
-                    .eq(key.seal(secrecy::ExposeSecret::expose_secret(&self.imap.password))?),
-                mailboxes::smtp_host.eq(smtp.map(|s| s.host.clone())),
-                mailboxes::smtp_port.eq(smtp.map(|s| i32::from(s.port))),
-                mailboxes::smtp_security.eq(smtp.map(|s| s.security.as_str())),
-                mailboxes::smtp_username.eq(smtp.map(|s| s.username.clone())),
-                mailboxes::smtp_password.eq(sealed_smtp),
-                mailboxes::verify_tls.eq(self.verify_tls),
-                mailboxes::sync.eq(self.sync.as_str()),
-                mailboxes::sending_enabled.eq(self.sending_enabled),
-                mailboxes::visibility.eq(self.visibility.as_str()),
-                mailboxes::updated_at.eq(now()),
-            ))
+            .set((&self.row(key)?, mailboxes::updated_at.eq(now())))
             .returning(mailboxes::all_columns)
             .get_result(conn)?;
         Ok(mailbox)
