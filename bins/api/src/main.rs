@@ -56,7 +56,8 @@ async fn main() -> anyhow::Result<()> {
         config: config.clone(),
         secret_key,
         waker,
-        timeline: herald_core::timeline::Timeline::default(),
+        timeline: herald_core::timeline::Timeline::default()
+            .with_source(std::sync::Arc::new(herald_mailbox::emails::EmailTimeline)),
         templates: herald_templates::Engine::default(),
         metrics: herald_http::metrics_handle(),
     };

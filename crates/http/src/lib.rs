@@ -26,7 +26,7 @@ pub use error::{ApiError, Problem};
 pub use state::AppState;
 
 use routes::records::{companies, deals, leads, persons};
-use routes::{mailboxes, me, system, templates};
+use routes::{emails, mailboxes, me, system, templates};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -101,6 +101,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
             mailboxes::update,
             mailboxes::delete
         ))
+        .routes(routes!(emails::list))
+        .routes(routes!(emails::get))
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -505,6 +505,8 @@ async fn health_readiness_metrics_and_openapi_are_served(test: TestDb) {
         "/api/v1/templates/{id}/render",
         "/api/v1/mailboxes",
         "/api/v1/mailboxes/{id}",
+        "/api/v1/emails",
+        "/api/v1/emails/{id}",
     ] {
         assert!(doc["paths"].get(path).is_some(), "OpenAPI lacks {path}");
     }

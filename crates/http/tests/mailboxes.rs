@@ -322,3 +322,195 @@ backend_tests!(
     plan_rules_name_the_rule,
     owner_only_mailboxes_are_hidden_and_only_owners_change_theirs,
 );
+
+mod synced {
+    use super::*;
+    use herald_mailbox::imap::Session;
+    use herald_mailbox::sync::{SyncOptions, sync_mailbox};
+
+    fn bob() -> herald_mailbox::connect::ServerSettings {
+        herald_mailbox::connect::ServerSettings {
+            host: env("HERALD_TEST_IMAP_HOST"),
+            port: env("HERALD_TEST_IMAP_PORT").parse().unwrap(),
+            security: herald_mailbox::connect::Security::None,
+            username: "bob@herald.test".into(),
+            password: secrecy::SecretString::from("bob-pass".to_owned()),
+            verify_tls: false,
+        }
+    }
+
+    fn message(tag: &str, n: usize, from: &str, subject: &str) -> Vec<u8> {
+        format!(
+            "From: {from}\r\nTo: Bob <bob@herald.test>\r\nSubject: {subject}\r\nDate: Sat, 21 Nov 2026 1{n}:00:00 +0000\r\n\
+             Message-ID: <{n}-{tag}@acme.example>\r\n\r\nHello from message {n}\r\n"
+        )
+        .into_bytes()
+    }
+
+    pub async fn synced_emails_are_listed_on_timelines_and_follow_visibility(test: TestDb) {
+        let app = TestApp::spawn(test).await;
+        let owner = app.login("synced", "member");
+        let colleague = app.add_user(owner.account_id, "colleague@synced.example.com", "member");
+        let (status, mailbox) = app
+            .post(&owner, "/api/v1/mailboxes", mailbox("bob", false))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{mailbox}");
+
+        let tag = format!(
+            "{}-{}",
+            std::process::id(),
+            chrono::Utc::now().timestamp_micros()
+        );
+        let folder = format!("herald-api-{tag}");
+        let mut session = Session::open(&bob()).await.unwrap();
+        session.create(&folder).await.unwrap();
+        session
+            .append(
+                &folder,
+                None,
+                &message(&tag, 1, "Ann Lee <ann@acme.example>", "Pricing question"),
+            )
+            .await
+            .unwrap();
+        session
+            .append(
+                &folder,
+                None,
+                &message(&tag, 2, "someone@other.example", "Newsletter"),
+            )
+            .await
+            .unwrap();
+        let options = SyncOptions {
+            inbox: folder.clone(),
+            ..SyncOptions::default()
+        };
+        let report = sync_mailbox(
+            &app.test.db,
+            &app.key,
+            mailbox["id"].as_i64().unwrap(),
+            &options,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.new, 2);
+
+        let (status, list) = app.get(&owner, "/api/v1/emails?status=received").await;
+        assert_eq!(status, StatusCode::OK);
+        let subjects: Vec<_> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["subject"].as_str().unwrap())
+            .collect();
+        assert_eq!(subjects, ["Newsletter", "Pricing question"], "newest first");
+        let first = &list["items"][1];
+        assert_eq!(
+            (
+                first["author"].as_str(),
+                first["can_reply"].as_bool(),
+                first["direction"].as_str()
+            ),
+            (Some("contact"), Some(true), Some("inbound"))
+        );
+        assert_eq!(first["from"]["address"], "ann@acme.example");
+        let (_, found) = app.get(&owner, "/api/v1/emails?q=pricing").await;
+        assert_eq!(found["items"].as_array().unwrap().len(), 1);
+        let (status, problem) = app.get(&owner, "/api/v1/emails?status=lost").await;
+        assert_eq!(
+            (status, problem["field"].as_str()),
+            (StatusCode::UNPROCESSABLE_ENTITY, Some("status"))
+        );
+
+        // A person and a company created after the emails arrived find them (E6).
+        let (_, company) = app
+            .post(
+                &owner,
+                "/api/v1/companies",
+                json!({"name": "Acme", "domain": "acme.example"}),
+            )
+            .await;
+        let (_, person) = app
+            .post(
+                &owner,
+                "/api/v1/persons",
+                json!({"first_name": "Ann", "emails": ["Ann@Acme.example"]}),
+            )
+            .await;
+        for path in [
+            format!("/api/v1/persons/{}/timeline", person["id"]),
+            format!("/api/v1/companies/{}/timeline", company["id"]),
+        ] {
+            let (status, timeline) = app.get(&owner, &path).await;
+            assert_eq!(status, StatusCode::OK);
+            let kinds: Vec<_> = timeline["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e["kind"].as_str().unwrap())
+                .collect();
+            assert!(kinds.contains(&"email"), "{path}: {timeline}");
+            let email = timeline["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|e| e["kind"] == "email")
+                .unwrap();
+            assert_eq!(email["data"]["subject"], "Pricing question");
+        }
+        let (_, by_person) = app
+            .get(
+                &owner,
+                &format!(
+                    "/api/v1/emails?record_type=person&record_id={}",
+                    person["id"]
+                ),
+            )
+            .await;
+        assert_eq!(by_person["items"].as_array().unwrap().len(), 1);
+
+        // Visibility `owner` hides the mailbox's emails from everyone else (E12).
+        let email_path = format!("/api/v1/emails/{}", first["id"]);
+        assert_eq!(app.get(&colleague, &email_path).await.0, StatusCode::OK);
+        let (status, _) = app
+            .patch(
+                &owner,
+                &format!("/api/v1/mailboxes/{}", mailbox["id"]),
+                json!({"visibility": "owner"}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            app.get(&colleague, &email_path).await.0,
+            StatusCode::NOT_FOUND
+        );
+        let (_, theirs) = app.get(&colleague, "/api/v1/emails").await;
+        assert_eq!(theirs["items"], json!([]));
+        let (_, timeline) = app
+            .get(
+                &colleague,
+                &format!("/api/v1/persons/{}/timeline", person["id"]),
+            )
+            .await;
+        assert!(
+            timeline["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|e| e["kind"] != "email"),
+            "{timeline}"
+        );
+        assert_eq!(app.get(&owner, &email_path).await.0, StatusCode::OK);
+        let outsider = app.login("outside", "admin");
+        assert_eq!(
+            app.get(&outsider, &email_path).await.0,
+            StatusCode::NOT_FOUND
+        );
+
+        session.delete(&folder).await.unwrap();
+        session.logout().await;
+    }
+}
+
+use synced::synced_emails_are_listed_on_timelines_and_follow_visibility;
+
+backend_tests!(synced_emails_are_listed_on_timelines_and_follow_visibility);

@@ -1,6 +1,7 @@
 #![doc = include_str!("../README.md")]
 
 pub mod connect;
+pub mod emails;
 pub mod imap;
 pub mod model;
 pub mod parse;

@@ -91,10 +91,25 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    email_participants (email_id, address, role) {
+        email_id -> BigInt,
+        account_id -> BigInt,
+        address -> Text,
+        domain -> Text,
+        role -> Text,
+    }
+}
+
+diesel::joinable!(email_copies -> mailboxes (mailbox_id));
+diesel::joinable!(email_copies -> emails (email_id));
+diesel::joinable!(email_participants -> emails (email_id));
+
 diesel::allow_tables_to_appear_in_same_query!(
     mailboxes,
     emails,
     email_copies,
     mailbox_folders,
-    email_attachments
+    email_attachments,
+    email_participants,
 );

@@ -15,7 +15,9 @@ use sha2::{Digest, Sha256};
 
 use crate::model::Mailbox;
 use crate::parse::ParsedEmail;
-use crate::schema::{email_attachments, email_copies, emails, mailbox_folders, mailboxes};
+use crate::schema::{
+    email_attachments, email_copies, email_participants, emails, mailbox_folders, mailboxes,
+};
 
 /// Which folder of a mailbox.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -249,6 +251,33 @@ fn insert_email(
         ))
         .returning(emails::id)
         .get_result(conn)?;
+    let mut seen = std::collections::HashSet::new();
+    for (role, list) in [
+        ("from", &parsed.from),
+        ("to", &parsed.to),
+        ("cc", &parsed.cc),
+        ("reply_to", &parsed.reply_to),
+    ] {
+        for participant in list {
+            let address = participant.address.to_ascii_lowercase();
+            if !seen.insert((role, address.clone())) {
+                continue;
+            }
+            let domain = address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default();
+            diesel::insert_into(email_participants::table)
+                .values((
+                    email_participants::email_id.eq(id),
+                    email_participants::account_id.eq(mailbox.account_id),
+                    email_participants::address.eq(&address),
+                    email_participants::domain.eq(domain),
+                    email_participants::role.eq(role),
+                ))
+                .execute(conn)?;
+        }
+    }
     for attachment in &parsed.attachments {
         diesel::insert_into(email_attachments::table)
             .values((

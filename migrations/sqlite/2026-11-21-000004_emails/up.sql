@@ -57,6 +57,19 @@ CREATE TABLE mailbox_folders (
     PRIMARY KEY (mailbox_id, role)
 );
 
+-- Every address on an email, lower-cased: a Person or Company finds its emails by address or
+-- domain, including a Person created after the emails arrived (E6).
+CREATE TABLE email_participants (
+    email_id BIGINT NOT NULL REFERENCES emails (id) ON DELETE CASCADE,
+    account_id BIGINT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+    address TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    role TEXT NOT NULL CHECK (role IN ('from', 'to', 'cc', 'reply_to')),
+    PRIMARY KEY (email_id, address, role)
+);
+CREATE INDEX email_participants_address ON email_participants (account_id, address);
+CREATE INDEX email_participants_domain ON email_participants (account_id, domain);
+
 CREATE TABLE email_attachments (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     email_id BIGINT NOT NULL REFERENCES emails (id) ON DELETE CASCADE,

@@ -1,3 +1,4 @@
+pub mod emails;
 pub mod mailboxes;
 pub mod me;
 pub mod records;

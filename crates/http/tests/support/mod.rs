@@ -18,6 +18,8 @@ use serde_json::Value;
 
 pub struct TestApp {
     pub base: String,
+    /// The key the app seals secrets with (tests that sync mailboxes need it).
+    pub key: SecretKey,
     pub client: reqwest::Client,
     pub test: TestDb,
     _server: tokio::task::JoinHandle<()>,
@@ -32,14 +34,16 @@ pub struct Login {
 
 impl TestApp {
     pub async fn spawn(test: TestDb) -> TestApp {
+        let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
         let mut config = Config::default();
         config.api.body_limit_bytes = 64 * 1024;
         let state = AppState {
             db: test.db.clone(),
             config: Arc::new(config),
-            secret_key: SecretKey::from_base64(&SecretKey::generate_base64()).unwrap(),
+            secret_key: key.clone(),
             waker: QueueWaker::new(),
-            timeline: herald_core::timeline::Timeline::default(),
+            timeline: herald_core::timeline::Timeline::default()
+                .with_source(std::sync::Arc::new(herald_mailbox::emails::EmailTimeline)),
             templates: herald_templates::Engine::default(),
             metrics: herald_http::metrics_handle(),
         };
@@ -52,6 +56,7 @@ impl TestApp {
         });
         TestApp {
             base,
+            key,
             client: reqwest::Client::new(),
             test,
             _server: server,
