@@ -380,6 +380,15 @@ mod synced {
             )
             .await
             .unwrap();
+        let html = format!(
+            "From: mallory@evil.example\r\nTo: bob@herald.test\r\nSubject: Click\r\nDate: Sat, 21 Nov 2026 09:00:00 +0000\r\n\
+             Message-ID: <3-{tag}@evil.example>\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+             <p onclick=\"steal()\">Hi<script>alert(1)</script><a href=\"javascript:alert(2)\">x</a></p>\r\n"
+        );
+        session
+            .append(&folder, None, html.as_bytes())
+            .await
+            .unwrap();
         let options = SyncOptions {
             inbox: folder.clone(),
             ..SyncOptions::default()
@@ -392,7 +401,17 @@ mod synced {
         )
         .await
         .unwrap();
-        assert_eq!(report.new, 2);
+        assert_eq!(report.new, 3);
+        // HTML from strangers is served without active content (X7).
+        let (_, scripted) = app.get(&owner, "/api/v1/emails?q=click").await;
+        let shown = scripted["items"][0]["html"].as_str().unwrap();
+        assert!(
+            shown.contains("Hi")
+                && !shown.contains("script")
+                && !shown.contains("onclick")
+                && !shown.contains("javascript:"),
+            "{shown}"
+        );
 
         let (status, list) = app.get(&owner, "/api/v1/emails?status=received").await;
         assert_eq!(status, StatusCode::OK);
@@ -402,8 +421,12 @@ mod synced {
             .iter()
             .map(|e| e["subject"].as_str().unwrap())
             .collect();
-        assert_eq!(subjects, ["Newsletter", "Pricing question"], "newest first");
-        let first = &list["items"][1];
+        assert_eq!(
+            subjects,
+            ["Click", "Newsletter", "Pricing question"],
+            "newest first"
+        );
+        let first = &list["items"][2];
         assert_eq!(
             (
                 first["author"].as_str(),

@@ -58,6 +58,7 @@ pub struct EmailView {
     pub reply_to: Vec<Participant>,
     pub subject: Option<String>,
     pub text: Option<String>,
+    /// Sanitized for display: no scripts, event handlers or other active content.
     pub html: Option<String>,
     pub message_id: Option<String>,
     pub thread_id: Option<i64>,
@@ -105,7 +106,9 @@ impl Row {
             reply_to: participants.reply_to,
             subject: self.subject,
             text: self.text_body,
-            html: self.html_body,
+            // Mail HTML comes from strangers: scripts, handlers and other active content are
+            // removed before it is served for display (X7).
+            html: self.html_body.map(|html| ammonia::clean(&html)),
             message_id: self.message_id,
             thread_id: self.thread_id,
             sent_at: self.sent_at,
