@@ -45,6 +45,7 @@ struct DoctorFailed {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<Output> {
+    let json = cli.json;
     if let Command::Keygen = cli.command {
         let key = SecretKey::generate_base64();
         return Ok(Output::new(key.clone(), json!({ "key": key })));
@@ -190,6 +191,9 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
             }
             Ok(Output::new(text, json!({ "mailboxes": views })))
         }
+        Command::Mailbox(MailboxCommand::Resync { id, history_days }) => {
+            resync(&config, id, history_days, json)
+        }
         Command::Mailbox(MailboxCommand::Test { id }) => {
             let mailbox = herald_mailbox::Mailbox::find_any(conn, id)?;
             let (key, _) =
@@ -250,6 +254,58 @@ pub fn run(cli: Cli) -> anyhow::Result<Output> {
             ))
         }
     }
+}
+
+/// `herald mailbox resync`: forget the sync positions and run one pass with a progress bar.
+fn resync(config: &Config, id: i64, history_days: i64, json: bool) -> anyhow::Result<Output> {
+    use herald_mailbox::sync::{SyncOptions, sync_mailbox};
+    if history_days < 1 {
+        return Err(CoreError::invalid("history-days", "must be at least 1").into());
+    }
+    let db = herald_core::Db::open(&config.database()?, 2)?;
+    let mailbox = herald_mailbox::Mailbox::find_any(&mut *db.get()?, id)?;
+    let (key, _) = SecretKey::load_or_generate(config.secret_key.as_ref(), &config.data_dir)?;
+    herald_mailbox::store::FolderState::reset(&mut *db.get()?, mailbox.id)
+        .map_err(CoreError::from)?;
+    let bar = if json {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(0)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{msg:>12} [{bar:40}] {pos}/{len} messages")
+            .map(|s| s.progress_chars("=> "))
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let shown = bar.clone();
+    let options = SyncOptions {
+        history: Some(chrono::TimeDelta::days(history_days)),
+        progress: Some(std::sync::Arc::new(
+            move |p: &herald_mailbox::sync::Progress| {
+                shown.set_message(p.folder.clone());
+                shown.set_length(p.total as u64);
+                shown.set_position(p.done as u64);
+            },
+        )),
+        ..SyncOptions::default()
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let report = runtime.block_on(sync_mailbox(&db, &key, mailbox.id, &options));
+    bar.finish_and_clear();
+    let report = report.map_err(|e| anyhow::anyhow!("resync of mailbox {id} failed: {e}"))?;
+    Ok(Output::new(
+        format!(
+            "mailbox {id} ({}): {} messages read, {} new, {} already stored",
+            mailbox.address,
+            report.fetched,
+            report.new,
+            report.known + report.seen
+        ),
+        json!({ "mailbox_id": id, "report": report }),
+    ))
 }
 
 fn unreachable_command() -> anyhow::Result<Output> {

@@ -56,6 +56,14 @@ pub enum MailboxCommand {
     List,
     /// Connect to a mailbox's servers now and show what they answered.
     Test { id: i64 },
+    /// Read the mailbox again from the start of its history window, with a progress bar; what
+    /// is already stored is recognised, not duplicated.
+    Resync {
+        id: i64,
+        /// How many days back to read (default 90).
+        #[arg(long, default_value_t = 90)]
+        history_days: i64,
+    },
 }
 
 #[derive(Subcommand)]

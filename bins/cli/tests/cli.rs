@@ -295,6 +295,29 @@ async fn mailboxes_are_listed_and_tested_against_their_servers(test: TestDb) {
             .any(|c| c == "IDLE"),
         "{report}"
     );
+    // A resync reads everything again and stores nothing twice.
+    let mut session = herald_mailbox::imap::Session::open(&mailbox.imap_settings(&key).unwrap())
+        .await
+        .unwrap();
+    let raw = format!(
+        "From: ann@acme.example\r\nTo: alice@herald.test\r\nSubject: Resync\r\nMessage-ID: <resync-{}@acme.example>\r\n\r\nHi\r\n",
+        std::process::id()
+    );
+    session.append("INBOX", None, raw.as_bytes()).await.unwrap();
+    session.logout().await;
+    let (code, first, _) = cli.run(&["mailbox", "resync", &mailbox.id.to_string()]);
+    assert_eq!(code, 0, "{first}");
+    assert!(first["report"]["fetched"].as_u64().unwrap() >= 1, "{first}");
+    let (code, second, _) = cli.run(&["mailbox", "resync", &mailbox.id.to_string()]);
+    assert_eq!(code, 0, "{second}");
+    let (read, new, known, seen) = (
+        second["report"]["fetched"].as_u64().unwrap(),
+        second["report"]["new"].as_u64().unwrap(),
+        second["report"]["known"].as_u64().unwrap(),
+        second["report"]["seen"].as_u64().unwrap(),
+    );
+    assert_eq!(read, first["report"]["fetched"].as_u64().unwrap());
+    assert_eq!((new, known + seen), (0, read), "{second}");
     let (code, error, _) = cli.run(&["mailbox", "test", "999999"]);
     assert_eq!(
         (code, error["error"]["code"].as_str()),

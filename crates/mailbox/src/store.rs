@@ -46,6 +46,13 @@ pub struct FolderState {
 }
 
 impl FolderState {
+    /// Forgets where every folder of the mailbox stands: the next pass reads the history window
+    /// again and recognises what it already stored (`herald mailbox resync`).
+    pub fn reset(conn: &mut DbConnection, mailbox_id: i64) -> QueryResult<usize> {
+        diesel::delete(mailbox_folders::table.filter(mailbox_folders::mailbox_id.eq(mailbox_id)))
+            .execute(conn)
+    }
+
     pub fn load(
         conn: &mut DbConnection,
         mailbox_id: i64,

@@ -15,7 +15,19 @@ use crate::model::Mailbox;
 use crate::parse::parse;
 use crate::store::{CopyRef, FolderState, Role, Stored, store, user_addresses};
 
+/// Where a pass stands, for progress bars.
 #[derive(Clone, Debug)]
+pub struct Progress {
+    pub folder: String,
+    /// Messages stored (or recognised) so far in this folder.
+    pub done: usize,
+    /// Messages this pass will read in this folder.
+    pub total: usize,
+}
+
+pub type ProgressFn = std::sync::Arc<dyn Fn(&Progress) + Send + Sync>;
+
+#[derive(Clone)]
 pub struct SyncOptions {
     /// How far back a first sync reads; `None` reads everything.
     pub history: Option<TimeDelta>,
@@ -24,6 +36,19 @@ pub struct SyncOptions {
     pub max_attachment_bytes: usize,
     /// The folder synced as the inbox.
     pub inbox: String,
+    /// Called after each batch.
+    pub progress: Option<ProgressFn>,
+}
+
+impl std::fmt::Debug for SyncOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SyncOptions")
+            .field("history", &self.history)
+            .field("batch", &self.batch)
+            .field("max_attachment_bytes", &self.max_attachment_bytes)
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SyncOptions {
@@ -33,6 +58,7 @@ impl Default for SyncOptions {
             batch: 100,
             max_attachment_bytes: 10 * 1024 * 1024,
             inbox: "INBOX".into(),
+            progress: None,
         }
     }
 }
@@ -143,6 +169,17 @@ async fn sync_folder(
         _ => (1, options.history.map(|h| (now() - h).date())),
     };
     let uids = session.uids(from_uid, since).await?;
+    let mut done = 0;
+    let report_progress = |done: usize| {
+        if let Some(progress) = &options.progress {
+            progress(&Progress {
+                folder: folder.to_owned(),
+                done,
+                total: uids.len(),
+            });
+        }
+    };
+    report_progress(0);
     for chunk in uids.chunks(options.batch.max(1)) {
         let fetched = session.fetch(chunk).await?;
         let max_attachment = options.max_attachment_bytes;
@@ -192,6 +229,8 @@ async fn sync_folder(
                 Stored::Seen(_) => report.seen += 1,
             }
         }
+        done += chunk.len();
+        report_progress(done);
     }
     // Nothing (more) to fetch: remember where the folder stands.
     let caught_up = FolderState {
