@@ -210,6 +210,84 @@ pub fn store(
     Ok(stored)
 }
 
+/// `Re: Fwd: AW: Quarterly numbers` → `quarterly numbers`.
+pub fn thread_subject(subject: &str) -> String {
+    let mut rest = subject.trim();
+    loop {
+        let lower = rest.to_ascii_lowercase();
+        let stripped = ["re:", "fwd:", "fw:", "aw:", "wg:", "sv:", "tr:"]
+            .iter()
+            .find(|p| lower.starts_with(**p))
+            .map(|p| rest[p.len()..].trim_start());
+        match stripped {
+            Some(next) => rest = next,
+            None => break,
+        }
+    }
+    rest.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
+}
+
+/// The thread a new email belongs to (E6): the thread of a message it replies to or references,
+/// else of a recent email with the same subject and a participant in common.
+fn find_thread(
+    conn: &mut DbConnection,
+    account_id: i64,
+    id: i64,
+    parsed: &ParsedEmail,
+) -> QueryResult<Option<i64>> {
+    let mut ids: Vec<&String> = parsed.in_reply_to.iter().collect();
+    ids.extend(parsed.references.iter().rev());
+    for message_id in ids {
+        let found: Option<(i64, Option<i64>)> = emails::table
+            .filter(emails::account_id.eq(account_id))
+            .filter(emails::message_id.eq(message_id))
+            .filter(emails::id.ne(id))
+            .select((emails::id, emails::thread_id))
+            .first(conn)
+            .optional()?;
+        if let Some((parent, thread)) = found {
+            return Ok(Some(thread.unwrap_or(parent)));
+        }
+    }
+    // Subject fallback: only for replies and forwards, and only with someone in common.
+    let Some(subject) = parsed.subject.as_deref() else {
+        return Ok(None);
+    };
+    let key = thread_subject(subject);
+    if key.is_empty() || key == subject.trim().to_lowercase() {
+        return Ok(None);
+    }
+    let addresses: Vec<String> = parsed
+        .from
+        .iter()
+        .chain(&parsed.to)
+        .chain(&parsed.cc)
+        .map(|p| p.address.to_ascii_lowercase())
+        .collect();
+    let candidates: Vec<(i64, Option<i64>, Option<String>)> = emails::table
+        .filter(emails::account_id.eq(account_id))
+        .filter(emails::id.ne(id))
+        .filter(
+            emails::id.eq_any(
+                email_participants::table
+                    .filter(email_participants::account_id.eq(account_id))
+                    .filter(email_participants::address.eq_any(addresses))
+                    .select(email_participants::email_id),
+            ),
+        )
+        .order(emails::id.desc())
+        .limit(200)
+        .select((emails::id, emails::thread_id, emails::subject))
+        .load(conn)?;
+    Ok(candidates
+        .into_iter()
+        .find(|(_, _, s)| s.as_deref().is_some_and(|s| thread_subject(s) == key))
+        .map(|(parent, thread, _)| thread.unwrap_or(parent)))
+}
+
 fn insert_email(
     conn: &mut DbConnection,
     mailbox: &Mailbox,
@@ -297,5 +375,25 @@ fn insert_email(
             ))
             .execute(conn)?;
     }
+    let thread = find_thread(conn, mailbox.account_id, id, parsed)?.unwrap_or(id);
+    diesel::update(emails::table.find(id))
+        .set(emails::thread_id.eq(thread))
+        .execute(conn)?;
     Ok(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::thread_subject;
+
+    #[test]
+    fn reply_and_forward_prefixes_are_stripped_for_threading() {
+        assert_eq!(
+            thread_subject("Re: Fwd: AW:  Quarterly   Numbers "),
+            "quarterly numbers"
+        );
+        assert_eq!(thread_subject("RE:RE: x"), "x");
+        assert_eq!(thread_subject("Quarterly numbers"), "quarterly numbers");
+        assert_eq!(thread_subject("Re:"), "");
+    }
 }

@@ -254,7 +254,50 @@ async fn mail_in_the_sent_folder_is_sent_mail(test: TestDb) {
     f.cleanup().await;
 }
 
+async fn replies_join_their_thread(test: TestDb) {
+    let f = Fixture::new(test, "threads").await;
+    let mailbox = f.mailbox("bob", "received");
+    let tag = &f.tag;
+    let messages = [
+        format!(
+            "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Quarterly numbers\r\nMessage-ID: <root-{tag}@acme.example>\r\n\r\nNumbers\r\n"
+        ),
+        format!(
+            "From: bob@herald.test\r\nTo: ann@acme.example\r\nSubject: Re: Quarterly numbers\r\nMessage-ID: <reply-{tag}@herald.test>\r\n\
+             In-Reply-To: <root-{tag}@acme.example>\r\nReferences: <root-{tag}@acme.example>\r\n\r\nThanks\r\n"
+        ),
+        // No threading headers (some clients drop them): the subject and a shared participant do.
+        format!(
+            "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: RE: RE:  quarterly   numbers\r\nMessage-ID: <again-{tag}@acme.example>\r\n\r\nMore\r\n"
+        ),
+        // Same words, not a reply, other people: a thread of its own.
+        format!(
+            "From: carol@other.example\r\nTo: bob@herald.test\r\nSubject: Quarterly numbers\r\nMessage-ID: <other-{tag}@other.example>\r\n\r\nMine\r\n"
+        ),
+    ];
+    for raw in &messages {
+        f.append("bob", &f.folder, raw.as_bytes()).await;
+    }
+    sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    let thread = |prefix: &str| -> i64 {
+        emails::table
+            .filter(emails::message_id.like(format!("{prefix}-{tag}@%")))
+            .select(emails::thread_id)
+            .first::<Option<i64>>(&mut f.test.connect())
+            .unwrap()
+            .unwrap()
+    };
+    let root = thread("root");
+    assert_eq!(thread("reply"), root, "In-Reply-To");
+    assert_eq!(thread("again"), root, "subject fallback");
+    assert_ne!(thread("other"), root, "unrelated");
+    f.cleanup().await;
+}
+
 backend_tests!(
+    replies_join_their_thread,
     first_and_incremental_syncs_store_each_message_once,
     the_same_message_in_two_mailboxes_is_one_email,
     a_uidvalidity_change_stores_nothing_twice,
