@@ -45,8 +45,12 @@ async fn main() -> anyhow::Result<()> {
             secret_key: secret_key.clone(),
         };
         let runner = started.job_runner(waker.clone())?;
+        let syncer = herald_runtime::spawn_mailbox_syncer(&started, shutdown.clone());
         let token = shutdown.clone();
-        Some(tokio::spawn(async move { runner.run(token).await }))
+        Some(tokio::spawn(async move {
+            runner.run(token).await;
+            let _ = syncer.await;
+        }))
     } else {
         None
     };

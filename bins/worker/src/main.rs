@@ -23,6 +23,9 @@ async fn main() -> anyhow::Result<()> {
         "herald-worker",
     )?;
     let runner = started.job_runner(QueueWaker::new())?;
-    runner.run(herald_runtime::shutdown_on_signal()).await;
+    let shutdown = herald_runtime::shutdown_on_signal();
+    let syncer = herald_runtime::spawn_mailbox_syncer(&started, shutdown.clone());
+    runner.run(shutdown).await;
+    syncer.await?;
     Ok(())
 }

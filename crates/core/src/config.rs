@@ -40,6 +40,29 @@ pub struct Config {
     pub queue: QueueConfig,
     pub api: ApiConfig,
     pub plans: PlanLimits,
+    pub mail: MailConfig,
+}
+
+/// Mailbox sync in the worker (`[mail]`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct MailConfig {
+    /// Seconds between sync rounds: how often each mailbox is polled.
+    pub sync_interval_secs: u64,
+    /// How far back the first sync of a mailbox reads.
+    pub history_days: i64,
+    /// Attachments larger than this are described but not stored.
+    pub max_attachment_bytes: usize,
+}
+
+impl Default for MailConfig {
+    fn default() -> Self {
+        MailConfig {
+            sync_interval_secs: 60,
+            history_days: 90,
+            max_attachment_bytes: 10 * 1024 * 1024,
+        }
+    }
 }
 
 /// The plan limits on mailboxes (E3), in one place; `[plans]` in the config.
@@ -128,6 +151,7 @@ impl Default for Config {
             queue: QueueConfig::default(),
             api: ApiConfig::default(),
             plans: PlanLimits::default(),
+            mail: MailConfig::default(),
         }
     }
 }
@@ -253,6 +277,7 @@ impl fmt::Debug for Config {
             .field("queue", &self.queue)
             .field("api", &self.api)
             .field("plans", &self.plans)
+            .field("mail", &self.mail)
             .finish()
     }
 }

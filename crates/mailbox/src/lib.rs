@@ -9,5 +9,6 @@ pub mod plan;
 pub mod schema;
 pub mod store;
 pub mod sync;
+pub mod worker;
 
 pub use model::{Draft, Mailbox, MailboxError, MailboxInput, MailboxPatch, MailboxView};

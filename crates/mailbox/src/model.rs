@@ -73,6 +73,9 @@ pub struct Mailbox {
     pub state: String,
     pub last_synced_at: Option<NaiveDateTime>,
     pub last_error: Option<String>,
+    pub auth_failures: i32,
+    pub sync_locked_by: Option<String>,
+    pub sync_locked_until: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
 }
@@ -565,10 +568,21 @@ impl Draft {
             .ok_or_else(|| CoreError::not_found("mailbox", "new"))?;
         self.lock_owner(conn)?;
         self.check_plan(conn, limits)?;
-        let mailbox = diesel::update(mailboxes::table.find(id))
+        let mut mailbox: Mailbox = diesel::update(mailboxes::table.find(id))
             .set((&self.row(key)?, mailboxes::updated_at.eq(now())))
             .returning(mailboxes::all_columns)
             .get_result(conn)?;
+        if self.check_imap {
+            // Checked credentials: a mailbox in `auth_failed` is tried again.
+            mailbox = diesel::update(mailboxes::table.find(id))
+                .set((
+                    mailboxes::state.eq("connected"),
+                    mailboxes::auth_failures.eq(0),
+                    mailboxes::last_error.eq(None::<String>),
+                ))
+                .returning(mailboxes::all_columns)
+                .get_result(conn)?;
+        }
         Ok(mailbox)
     }
 }

@@ -25,6 +25,9 @@ diesel::table! {
         state -> Text,
         last_synced_at -> Nullable<Timestamp>,
         last_error -> Nullable<Text>,
+        auth_failures -> Integer,
+        sync_locked_by -> Nullable<Text>,
+        sync_locked_until -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }

@@ -110,6 +110,29 @@ impl Started {
     }
 }
 
+/// Keeps mailboxes synced until `shutdown` (herald-worker, and herald-api's embedded worker).
+pub fn spawn_mailbox_syncer(
+    started: &Started,
+    shutdown: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
+    let mail = &started.config.mail;
+    let settings = herald_mailbox::worker::SyncerSettings {
+        interval: std::time::Duration::from_secs(mail.sync_interval_secs.max(5)),
+        options: herald_mailbox::sync::SyncOptions {
+            history: Some(herald_core::time::TimeDelta::days(mail.history_days.max(1))),
+            max_attachment_bytes: mail.max_attachment_bytes,
+            ..herald_mailbox::sync::SyncOptions::default()
+        },
+        ..herald_mailbox::worker::SyncerSettings::default()
+    };
+    tokio::spawn(herald_mailbox::worker::run(
+        started.db.clone(),
+        started.secret_key.clone(),
+        settings,
+        shutdown,
+    ))
+}
+
 /// The runner with every job type Herald has.
 pub fn job_runner(context: JobContext) -> Runner<JobContext> {
     let settings = RunnerSettings::from(&context.config.queue);

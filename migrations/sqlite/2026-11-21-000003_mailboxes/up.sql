@@ -23,6 +23,11 @@ CREATE TABLE mailboxes (
     state TEXT NOT NULL,
     last_synced_at TIMESTAMP,
     last_error TEXT,
+    -- Consecutive authentication failures; at 3 the mailbox goes to `auth_failed` (E4).
+    auth_failures INTEGER NOT NULL DEFAULT 0,
+    -- The worker syncing it now, and until when (a lease, so PostgreSQL workers share mailboxes).
+    sync_locked_by TEXT,
+    sync_locked_until TIMESTAMP,
     created_at TIMESTAMP NOT NULL,
     updated_at TIMESTAMP NOT NULL
 );
