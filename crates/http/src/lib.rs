@@ -101,6 +101,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
             mailboxes::update,
             mailboxes::delete
         ))
+        .routes(routes!(mailboxes::sync))
         .routes(routes!(emails::list))
         .routes(routes!(emails::get))
 }

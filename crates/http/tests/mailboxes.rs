@@ -315,7 +315,49 @@ async fn templates_sign_with_the_sending_mailbox(test: TestDb) {
     );
 }
 
+async fn a_sync_can_be_requested_now(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let me = app.login("syncnow", "member");
+    let (_, created) = app
+        .post(&me, "/api/v1/mailboxes", mailbox("alice", false))
+        .await;
+    let path = format!("/api/v1/mailboxes/{}/sync", created["id"]);
+    let r = app
+        .client
+        .post(app.url(&path))
+        .bearer_auth(&me.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let body: Value = r.json().await.unwrap();
+    let job =
+        herald_scheduler::storage::find(&mut app.test.connect(), body["job_id"].as_i64().unwrap())
+            .unwrap()
+            .unwrap();
+    assert_eq!(
+        (job.job_type.as_str(), job.status.as_str()),
+        ("sync_mailbox_now", "queued")
+    );
+    // Not for a mailbox whose credentials were refused.
+    diesel::update(herald_mailbox::schema::mailboxes::table.find(created["id"].as_i64().unwrap()))
+        .set(herald_mailbox::schema::mailboxes::state.eq("auth_failed"))
+        .execute(&mut app.test.connect())
+        .unwrap();
+    let (status, problem) = app.post(&me, &path, json!({})).await;
+    assert_eq!(
+        (status, problem["code"].as_str()),
+        (StatusCode::CONFLICT, Some("mailbox_auth_failed"))
+    );
+    let other = app.login("nosync", "member");
+    assert_eq!(
+        app.post(&other, &path, json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
+
 backend_tests!(
+    a_sync_can_be_requested_now,
     templates_sign_with_the_sending_mailbox,
     a_mailbox_is_checked_then_saved_without_showing_its_password,
     a_failed_check_says_which_side_and_why,

@@ -18,6 +18,43 @@ use crate::connect::Failure;
 use crate::schema::mailboxes;
 use crate::sync::{SyncError, SyncOptions, sync_mailbox};
 
+/// The job that syncs one mailbox now (`POST /api/v1/mailboxes/{id}/sync`); the runtime
+/// registers it with this name and payload.
+pub const SYNC_NOW_JOB: &str = "sync_mailbox_now";
+
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct SyncNow {
+    pub mailbox_id: i64,
+}
+
+/// Asks for a sync of a mailbox the viewer may see, as soon as a worker is free; returns the
+/// job id. An `auth_failed` mailbox needs new credentials first.
+pub fn request_sync(
+    conn: &mut herald_core::DbConnection,
+    viewer: &herald_core::identity::User,
+    id: i64,
+) -> Result<i64, CoreError> {
+    let mailbox = crate::model::Mailbox::find(conn, viewer, id)?;
+    if mailbox.state == "auth_failed" {
+        return Err(CoreError::Conflict {
+            code: "mailbox_auth_failed",
+            message: "the mailbox's credentials were refused; save the right password first".into(),
+        });
+    }
+    let payload = serde_json::to_string(&SyncNow { mailbox_id: id })
+        .map_err(|e| CoreError::Unavailable(e.to_string()))?;
+    Ok(herald_scheduler::storage::enqueue(
+        conn,
+        &herald_scheduler::storage::NewJob {
+            job_type: SYNC_NOW_JOB,
+            queue: "mail",
+            payload: &payload,
+            max_attempts: 3,
+            run_at: now(),
+        },
+    )?)
+}
+
 /// Authentication failures in a row before a mailbox stops being tried.
 pub const AUTH_FAILURES_LIMIT: i32 = 3;
 
@@ -135,6 +172,39 @@ fn release(conn: &mut herald_core::DbConnection, id: i64, worker: &str) -> Query
     ))
     .execute(conn)?;
     Ok(())
+}
+
+/// Syncs one mailbox now if no worker holds it; `Ok(false)` when another worker is syncing it
+/// (its pass picks up the same mail).
+pub async fn sync_one(
+    db: &Db,
+    key: &SecretKey,
+    worker: &str,
+    id: i64,
+    settings: &SyncerSettings,
+) -> Result<bool, CoreError> {
+    let lease_for = TimeDelta::from_std(settings.lease).unwrap_or(TimeDelta::minutes(10));
+    let owner = worker.to_owned();
+    if !db
+        .run(move |conn| Ok::<_, CoreError>(lease(conn, id, &owner, now() + lease_for)?))
+        .await?
+    {
+        return Ok(false);
+    }
+    let result = sync_mailbox(db, key, id, &settings.options).await;
+    let owner = worker.to_owned();
+    match result {
+        Ok(_) => {
+            db.run(move |conn| Ok::<_, CoreError>(release(conn, id, &owner)?))
+                .await?
+        }
+        Err(error) => {
+            tracing::warn!(mailbox.id = id, error = %error, "mailbox sync failed");
+            db.run(move |conn| Ok::<_, CoreError>(record_failure(conn, id, &owner, &error)?))
+                .await?
+        }
+    }
+    Ok(true)
 }
 
 /// One round: sync every mailbox this worker can lease.

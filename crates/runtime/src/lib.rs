@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod mail;
 pub mod maintenance;
 
 use std::path::Path;
@@ -139,6 +140,7 @@ pub fn job_runner(context: JobContext) -> Runner<JobContext> {
     let waker = context.waker.clone();
     Runner::builder(context.db.clone(), context)
         .register::<maintenance::PurgeIdempotencyKeys>()
+        .register::<mail::SyncMailboxNow>()
         .settings(settings)
         .waker(waker)
         .build()

@@ -120,3 +120,26 @@ pub async fn delete(
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
+
+/// Asks for a sync of the mailbox now (E4): a worker runs it as soon as one is free. 202 with the
+/// job id; an `auth_failed` mailbox needs new credentials first (409 `mailbox_auth_failed`).
+#[utoipa::path(post, path = "/api/v1/mailboxes/{id}/sync", tag = "mailboxes", security(("bearer" = [])), params(("id" = i64, Path)),
+    responses((status = 202, description = "sync requested"), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn sync(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<Response> {
+    let user = me.user;
+    let job = state
+        .db
+        .run(move |conn| conn.write(|conn| herald_mailbox::worker::request_sync(conn, &user, id)))
+        .await?;
+    // The embedded worker hears at once; other processes by NOTIFY.
+    state.waker.wake();
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(serde_json::json!({ "job_id": job })),
+    )
+        .into_response())
+}
