@@ -12,13 +12,7 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use support::{Login, TestApp};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
-        )
-    })
-}
+use herald_testdb::mail_env as env;
 
 /// A mailbox for `user` (alice, bob or carol) on the loopback servers.
 fn mailbox(user: &str, sending: bool) -> Value {

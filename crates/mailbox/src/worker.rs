@@ -174,37 +174,47 @@ fn release(conn: &mut herald_core::DbConnection, id: i64, worker: &str) -> Query
     Ok(())
 }
 
-/// Syncs one mailbox now if no worker holds it; `Ok(false)` when another worker is syncing it
-/// (its pass picks up the same mail).
+/// What [`sync_one`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyncOutcome {
+    /// Another worker holds the mailbox (its pass picks up the same mail), or it is `auth_failed`.
+    Skipped,
+    Synced,
+    /// Recorded on the mailbox (`state`, `last_error`, `auth_failures`).
+    Failed,
+}
+
+/// Leases one mailbox, syncs it and records the outcome.
 pub async fn sync_one(
     db: &Db,
     key: &SecretKey,
     worker: &str,
     id: i64,
     settings: &SyncerSettings,
-) -> Result<bool, CoreError> {
+) -> Result<SyncOutcome, CoreError> {
     let lease_for = TimeDelta::from_std(settings.lease).unwrap_or(TimeDelta::minutes(10));
     let owner = worker.to_owned();
     if !db
         .run(move |conn| Ok::<_, CoreError>(lease(conn, id, &owner, now() + lease_for)?))
         .await?
     {
-        return Ok(false);
+        return Ok(SyncOutcome::Skipped);
     }
     let result = sync_mailbox(db, key, id, &settings.options).await;
     let owner = worker.to_owned();
     match result {
         Ok(_) => {
             db.run(move |conn| Ok::<_, CoreError>(release(conn, id, &owner)?))
-                .await?
+                .await?;
+            Ok(SyncOutcome::Synced)
         }
         Err(error) => {
             tracing::warn!(mailbox.id = id, error = %error, "mailbox sync failed");
             db.run(move |conn| Ok::<_, CoreError>(record_failure(conn, id, &owner, &error)?))
-                .await?
+                .await?;
+            Ok(SyncOutcome::Failed)
         }
     }
-    Ok(true)
 }
 
 /// One round: sync every mailbox this worker can lease.
@@ -226,29 +236,11 @@ pub async fn round(
         })
         .await?;
     let mut report = RoundReport::default();
-    let lease_for = TimeDelta::from_std(settings.lease).unwrap_or(TimeDelta::minutes(10));
     for id in ids {
-        let owner = worker.to_owned();
-        let leased = db
-            .run(move |conn| Ok::<_, CoreError>(lease(conn, id, &owner, now() + lease_for)?))
-            .await?;
-        if !leased {
-            continue;
-        }
-        let result = sync_mailbox(db, key, id, &settings.options).await;
-        let owner = worker.to_owned();
-        match result {
-            Ok(_) => {
-                db.run(move |conn| Ok::<_, CoreError>(release(conn, id, &owner)?))
-                    .await?;
-                report.synced.push(id);
-            }
-            Err(error) => {
-                tracing::warn!(mailbox.id = id, error = %error, "mailbox sync failed");
-                db.run(move |conn| Ok::<_, CoreError>(record_failure(conn, id, &owner, &error)?))
-                    .await?;
-                report.failed.push(id);
-            }
+        match sync_one(db, key, worker, id, settings).await? {
+            SyncOutcome::Synced => report.synced.push(id),
+            SyncOutcome::Failed => report.failed.push(id),
+            SyncOutcome::Skipped => {}
         }
     }
     Ok(report)
@@ -256,7 +248,11 @@ pub async fn round(
 
 /// Runs rounds until `shutdown`.
 pub async fn run(db: Db, key: SecretKey, settings: SyncerSettings, shutdown: CancellationToken) {
-    let worker = format!("sync-{}-{:x}", std::process::id(), rand_suffix());
+    let worker = format!(
+        "sync-{}-{:06x}",
+        std::process::id(),
+        rand::random::<u32>() & 0xFF_FFFF
+    );
     loop {
         if let Err(e) = round(&db, &key, &worker, &settings).await {
             tracing::error!(error = %e, "mailbox sync round failed");
@@ -266,16 +262,4 @@ pub async fn run(db: Db, key: SecretKey, settings: SyncerSettings, shutdown: Can
             _ = tokio::time::sleep(settings.interval) => {}
         }
     }
-}
-
-fn rand_suffix() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    hasher.finish()
 }

@@ -6,13 +6,7 @@
 use herald_mailbox::connect::{Failure, Security, ServerSettings, Side, check_imap, check_smtp};
 use secrecy::SecretString;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
-        )
-    })
-}
+use herald_testdb::mail_env as env;
 
 fn port(name: &str) -> u16 {
     env(name).parse().unwrap()

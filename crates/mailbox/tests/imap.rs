@@ -8,13 +8,7 @@ use herald_mailbox::imap::Session;
 use herald_mailbox::parse::parse;
 use secrecy::SecretString;
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
-        )
-    })
-}
+use herald_testdb::mail_env as env;
 
 fn alice() -> ServerSettings {
     ServerSettings {

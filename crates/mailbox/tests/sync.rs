@@ -14,13 +14,7 @@ use herald_mailbox::sync::{SyncOptions, sync_mailbox};
 use herald_mailbox::{Draft, Mailbox, MailboxInput};
 use herald_testdb::{TestDb, backend_tests};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
-        )
-    })
-}
+use herald_testdb::mail_env as env;
 
 struct Fixture {
     test: TestDb,

@@ -15,13 +15,7 @@ use herald_runtime::{JobContext, job_runner};
 use herald_scheduler::QueueWaker;
 use herald_testdb::{TestDb, backend_tests};
 
-fn env(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| {
-        panic!(
-            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
-        )
-    })
-}
+use herald_testdb::mail_env as env;
 
 async fn a_requested_sync_runs_in_the_worker(test: TestDb) {
     let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();

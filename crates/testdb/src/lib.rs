@@ -30,6 +30,16 @@ impl std::fmt::Debug for TestDb {
     }
 }
 
+/// A `HERALD_TEST_*` setting of the loopback mail servers that `scripts/test.sh` starts
+/// (`scripts/mail-servers.sh env`); a clear failure without them, never a skipped test.
+pub fn mail_env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: run the tests with scripts/test.sh, which starts the mail servers"
+        )
+    })
+}
+
 /// The server the PostgreSQL tests use.
 pub fn postgres_admin_url() -> String {
     std::env::var("HERALD_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
