@@ -343,6 +343,20 @@ impl CompanyPatch {
     }
 }
 
+impl Company {
+    /// The email addresses of the company's people (for finding its emails).
+    pub fn people_addresses(&self, conn: &mut DbConnection) -> QueryResult<Vec<String>> {
+        Ok(persons::table
+            .filter(persons::account_id.eq(self.account_id))
+            .filter(persons::company_id.eq(self.id))
+            .select(persons::emails)
+            .load::<String>(conn)?
+            .iter()
+            .flat_map(|json| serde_json::from_str::<Vec<String>>(json).unwrap_or_default())
+            .collect())
+    }
+}
+
 record_queries!(Company, companies, "company");
 impl_record!(
     Company,

@@ -162,13 +162,9 @@ fn record_addresses(
         }
         RecordKind::Company => {
             let company = Company::find(conn, account_id, id)?;
-            let people: Vec<String> = herald_core::schema::persons::table
-                .filter(herald_core::schema::persons::account_id.eq(account_id))
-                .filter(herald_core::schema::persons::company_id.eq(id))
-                .select(herald_core::schema::persons::emails)
-                .load::<String>(conn)?
-                .iter()
-                .flat_map(|json| serde_json::from_str::<Vec<String>>(json).unwrap_or_default())
+            let people: Vec<String> = company
+                .people_addresses(conn)?
+                .into_iter()
                 .chain(company.emails.iter().cloned())
                 .map(|e| e.to_ascii_lowercase())
                 .collect();
