@@ -6,6 +6,7 @@
 #
 #   scripts/mail-servers.sh start [STATE_DIR]   # install if needed, start, print the env
 #   scripts/mail-servers.sh stop  [STATE_DIR]   # stop both (mail is kept; rm -rf STATE_DIR to reset)
+#   scripts/mail-servers.sh stop-dovecot [STATE_DIR]  # stop Dovecot only, dropping its clients
 #   scripts/mail-servers.sh env   [STATE_DIR]   # print `export HERALD_TEST_...=...` lines
 #
 #   eval "$(scripts/mail-servers.sh start)"     # typical use from a test script
@@ -30,7 +31,7 @@ PACKAGES="dovecot-imapd dovecot-lmtpd postfix"
 log() { printf '\033[1m[mail]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[1;31m[mail] %s\033[0m\n' "$*" >&2; exit 1; }
 
-usage() { die "usage: $0 start|stop|env [STATE_DIR]   (default STATE_DIR: /tmp/herald-mail)"; }
+usage() { die "usage: $0 start|stop|stop-dovecot|env [STATE_DIR]   (default STATE_DIR: /tmp/herald-mail)"; }
 
 if [ $# -lt 1 ] || [ $# -gt 2 ]; then usage; fi
 cmd=$1
@@ -412,28 +413,46 @@ wait_gone() {
     return 1
 }
 
+# Dovecot's master exits leaving connected IMAP processes serving their clients; a stopped server
+# drops its clients, so those are ended too (the sync tests restart Dovecot mid-sync).
+dovecot_signal() {
+    dpid=$(cat "$DOVECOT_RUN/master.pid")
+    dovecot_children=$(pgrep -P "$dpid" | tr '\n' ' ' || true)
+    log "stopping Dovecot"
+    kill "$dpid"
+}
+
+dovecot_wait() {
+    wait_gone "$dpid" || die "Dovecot (pid $dpid) did not exit"
+    # shellcheck disable=SC2086 # a list of pids
+    [ -z "$dovecot_children" ] || kill $dovecot_children 2>/dev/null || true
+}
+
+stop_dovecot() {
+    local dpid="" dovecot_children=""
+    if dovecot_running; then dovecot_signal; dovecot_wait; fi
+    log "Dovecot stopped (state kept in $STATE)"
+}
+
 stop() {
     # Signal both first, then wait: each takes a few seconds to wind down.
-    local ppid="" dpid=""
+    local ppid="" dpid="" dovecot_children=""
     if postfix_running; then
         ppid=$(tr -d ' ' <"$POSTFIX_QUEUE/pid/master.pid")
         log "stopping Postfix"
         postfix -c "$POSTFIX_CONF" stop >>"$STATE/log/postfix-start.log" 2>&1 ||
             die "postfix -c $POSTFIX_CONF stop failed"
     fi
-    if dovecot_running; then
-        dpid=$(cat "$DOVECOT_RUN/master.pid")
-        log "stopping Dovecot"
-        kill "$dpid"
-    fi
+    if dovecot_running; then dovecot_signal; fi
     if [ -n "$ppid" ]; then wait_gone "$ppid" || die "Postfix (pid $ppid) did not exit"; fi
-    if [ -n "$dpid" ]; then wait_gone "$dpid" || die "Dovecot (pid $dpid) did not exit"; fi
+    if [ -n "$dpid" ]; then dovecot_wait; fi
     log "stopped (state kept in $STATE)"
 }
 
 case "$cmd" in
     start) need_root "$@"; start ;;
     stop) need_root "$@"; stop ;;
+    stop-dovecot) need_root "$@"; stop_dovecot ;;
     env) print_env ;;
     *) usage ;;
 esac

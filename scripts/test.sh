@@ -20,5 +20,7 @@ if cargo nextest --version >/dev/null 2>&1; then
     cargo nextest run --workspace --no-fail-fast "$@"
 else
     log "running the suite with cargo test"
-    cargo test --workspace --no-fail-fast "$@"
+    # The Dovecot restart test stops the shared server: it runs alone, after the rest.
+    cargo test --workspace --no-fail-fast "$@" -- --skip dovecot_restart
+    cargo test --workspace --no-fail-fast "$@" dovecot_restart -- --test-threads=1
 fi

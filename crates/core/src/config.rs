@@ -47,8 +47,20 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MailConfig {
-    /// Seconds between sync rounds: how often each mailbox is polled.
+    /// Seconds between full passes of a mailbox: its polling interval where the server has no
+    /// IDLE (with IDLE, new inbox mail is picked up at once).
     pub sync_interval_secs: u64,
+    /// Wait in IDLE for new mail where the server offers it.
+    pub idle: bool,
+    /// How long a worker holds a mailbox without renewing; a dead worker's mailboxes are taken
+    /// over after this.
+    pub lease_secs: u64,
+    /// Longest wait between reconnection attempts after failures (doubling from 5 seconds).
+    pub max_backoff_secs: u64,
+    /// Attempts of a send before a temporary SMTP failure (4xx, network) makes it `failed`.
+    pub send_attempts: i32,
+    /// Wait before a send's second attempt; doubled after each, up to 30 minutes.
+    pub send_retry_secs: u64,
     /// How far back the first sync of a mailbox reads.
     pub history_days: i64,
     /// Attachments larger than this are described but not stored.
@@ -59,6 +71,11 @@ impl Default for MailConfig {
     fn default() -> Self {
         MailConfig {
             sync_interval_secs: 60,
+            idle: true,
+            lease_secs: 90,
+            max_backoff_secs: 300,
+            send_attempts: 5,
+            send_retry_secs: 30,
             history_days: 90,
             max_attachment_bytes: 10 * 1024 * 1024,
         }

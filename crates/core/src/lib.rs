@@ -7,6 +7,7 @@ pub mod domain;
 pub mod error;
 pub mod idempotency;
 pub mod identity;
+pub mod notifications;
 pub mod pagination;
 pub mod records;
 pub mod schema;

@@ -119,6 +119,21 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    notifications (id) {
+        id -> BigInt,
+        account_id -> BigInt,
+        user_id -> BigInt,
+        kind -> Text,
+        title -> Text,
+        body -> Nullable<Text>,
+        subject_type -> Nullable<Text>,
+        subject_id -> Nullable<BigInt>,
+        created_at -> Timestamp,
+        read_at -> Nullable<Timestamp>,
+    }
+}
+
 diesel::joinable!(users -> accounts (account_id));
 diesel::joinable!(api_tokens -> users (user_id));
 diesel::joinable!(persons -> companies (company_id));
@@ -134,4 +149,5 @@ diesel::allow_tables_to_appear_in_same_query!(
     leads,
     jobs,
     idempotency_keys,
+    notifications,
 );

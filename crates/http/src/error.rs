@@ -174,6 +174,7 @@ impl From<MailboxError> for ApiError {
     fn from(e: MailboxError) -> Self {
         match e {
             MailboxError::Core(core) => ApiError::Core(core),
+            MailboxError::Template(template) => ApiError::from(template),
             other => ApiError::Mailbox(other),
         }
     }

@@ -102,8 +102,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
             mailboxes::delete
         ))
         .routes(routes!(mailboxes::sync))
-        .routes(routes!(emails::list))
-        .routes(routes!(emails::get))
+        .routes(routes!(emails::list, emails::create))
+        .routes(routes!(emails::get, emails::update))
+        .routes(routes!(emails::reply_draft))
+        .routes(routes!(emails::reply))
+        .routes(routes!(emails::cancel))
+        .routes(routes!(emails::send_now))
+        .routes(routes!(emails::retry))
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -482,6 +482,14 @@ async fn health_readiness_metrics_and_openapi_are_served(test: TestDb) {
         "{metrics}"
     );
     assert!(metrics.contains("herald_queue_jobs"), "{metrics}");
+    assert!(
+        metrics.contains("herald_mailbox_sync_lag_seconds"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("herald_mailboxes{state=\"auth_failed\"} 0"),
+        "{metrics}"
+    );
     let doc: Value = get("/api/v1/openapi.json")
         .await
         .unwrap()

@@ -10,23 +10,9 @@ use diesel::prelude::*;
 use herald_testdb::{TestDb, backend_tests};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use support::{Login, TestApp};
+use support::{Login, TestApp, mailbox};
 
 use herald_testdb::mail_env as env;
-
-/// A mailbox for `user` (alice, bob or carol) on the loopback servers.
-fn mailbox(user: &str, sending: bool) -> Value {
-    json!({
-        "address": format!("{user}@herald.test"),
-        "display_name": user,
-        "imap": {"host": env("HERALD_TEST_IMAP_HOST"), "port": env("HERALD_TEST_IMAP_PORT").parse::<u16>().unwrap(),
-                 "security": "starttls", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
-        "smtp": {"host": env("HERALD_TEST_SMTP_HOST"), "port": env("HERALD_TEST_SUBMISSION_PORT").parse::<u16>().unwrap(),
-                 "security": "starttls", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
-        "sending_enabled": sending,
-        "verify_tls": false
-    })
-}
 
 fn set_plan(app: &TestApp, login: &Login, plan: &str) {
     diesel::update(herald_core::schema::accounts::table.find(login.account_id))
@@ -438,6 +424,18 @@ mod synced {
         .await
         .unwrap();
         assert_eq!(report.new, 3);
+        let (_, synced) = app
+            .get(&owner, &format!("/api/v1/mailboxes/{}", mailbox["id"]))
+            .await;
+        assert_eq!(synced["state"], "synced");
+        assert!(
+            synced["lag_seconds"].as_i64().is_some_and(|lag| lag < 3600),
+            "{synced}"
+        );
+        assert!(
+            mailbox["lag_seconds"].is_null(),
+            "not synced yet: {mailbox}"
+        );
         // HTML from strangers is served without active content (X7).
         let (_, scripted) = app.get(&owner, "/api/v1/emails?q=click").await;
         let shown = scripted["items"][0]["html"].as_str().unwrap();

@@ -303,7 +303,7 @@ async fn read_greeting(
     }
 }
 
-fn smtp_failure(e: mail_send::Error) -> Failure {
+pub(crate) fn smtp_failure(e: mail_send::Error) -> Failure {
     match e {
         mail_send::Error::Io(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
             Failure::Refused(e.to_string())
@@ -330,6 +330,24 @@ fn smtp_failure(e: mail_send::Error) -> Failure {
     }
 }
 
+/// A mail-send client builder for the server: TLS as the mailbox says, its credentials.
+pub(crate) fn smtp_builder(
+    settings: &ServerSettings,
+) -> Result<mail_send::SmtpClientBuilder<String>, Failure> {
+    let mut builder = mail_send::SmtpClientBuilder::new(settings.host.clone(), settings.port)
+        .map_err(Failure::Tls)?
+        .implicit_tls(settings.security == Security::Tls)
+        .timeout(CONNECT_TIMEOUT)
+        .credentials((
+            settings.username.clone(),
+            settings.password.expose_secret().to_owned(),
+        ));
+    if !settings.verify_tls {
+        builder = builder.allow_invalid_certs();
+    }
+    Ok(builder)
+}
+
 /// Connects to the SMTP server, says EHLO (upgrading with STARTTLS when asked) and
 /// authenticates.
 pub async fn check_smtp(settings: &ServerSettings) -> Result<SmtpReport, ConnectError> {
@@ -337,17 +355,7 @@ pub async fn check_smtp(settings: &ServerSettings) -> Result<SmtpReport, Connect
     let result = async {
         // DNS and refusals are told apart before mail-send's own connect.
         drop(tcp(&settings.host, settings.port).await?);
-        let mut builder = mail_send::SmtpClientBuilder::new(settings.host.clone(), settings.port)
-            .map_err(Failure::Tls)?
-            .implicit_tls(settings.security == Security::Tls)
-            .timeout(CONNECT_TIMEOUT)
-            .credentials((
-                settings.username.clone(),
-                settings.password.expose_secret().to_owned(),
-            ));
-        if !settings.verify_tls {
-            builder = builder.allow_invalid_certs();
-        }
+        let builder = smtp_builder(settings)?;
         match settings.security {
             Security::None => {
                 let mut client = builder.connect_plain().await.map_err(smtp_failure)?;

@@ -8,14 +8,16 @@ use diesel::dsl::{exists, not};
 use diesel::prelude::*;
 use herald_core::identity::User;
 use herald_core::pagination::{Page, PageRequest};
-use herald_core::records::{Company, Person, RecordKind};
+use herald_core::records::{Company, Deal, Person, Record, RecordKind};
 use herald_core::time::{rfc3339, rfc3339_opt};
 use herald_core::timeline::{TimelineEntry, TimelineQuery, TimelineSource};
 use herald_core::{CoreError, CoreResult, DbConnection};
 use serde::Serialize;
 
 use crate::parse::Participant;
-use crate::schema::{email_copies, email_participants, emails, mailboxes};
+use crate::schema::{
+    email_copies, email_deals, email_participants, email_sends, emails, mailboxes,
+};
 
 #[derive(Clone, Debug, Queryable, Selectable)]
 #[diesel(table_name = emails)]
@@ -68,12 +70,63 @@ pub struct EmailView {
     #[serde(serialize_with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub received_at: Option<NaiveDateTime>,
+    /// When a scheduled email is due (UTC), for emails composed in Herald.
+    #[serde(serialize_with = "rfc3339_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub send_at: Option<NaiveDateTime>,
+    /// The time zone `send_at` was given in.
+    pub time_zone: Option<String>,
+    /// Why a send failed (or was cancelled automatically), in words.
+    pub failure_reason: Option<String>,
+    /// Sending attempts so far.
+    pub send_attempts: Option<i32>,
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub updated_at: NaiveDateTime,
+}
+
+/// The sending state shown with an email composed in Herald.
+#[derive(Clone, Debug, Queryable)]
+struct SendRow {
+    email_id: i64,
+    send_at: Option<NaiveDateTime>,
+    time_zone: Option<String>,
+    failure_reason: Option<String>,
+    attempts: i32,
+}
+
+/// Adds the sending state to emails composed in Herald.
+fn with_sends(conn: &mut DbConnection, mut views: Vec<EmailView>) -> CoreResult<Vec<EmailView>> {
+    let ids: Vec<i64> = views
+        .iter()
+        .filter(|v| v.direction == "outbound")
+        .map(|v| v.id)
+        .collect();
+    if ids.is_empty() {
+        return Ok(views);
+    }
+    let sends: Vec<SendRow> = email_sends::table
+        .filter(email_sends::email_id.eq_any(ids))
+        .select((
+            email_sends::email_id,
+            email_sends::send_at,
+            email_sends::time_zone,
+            email_sends::failure_reason,
+            email_sends::attempts,
+        ))
+        .load(conn)?;
+    for send in sends {
+        if let Some(view) = views.iter_mut().find(|v| v.id == send.email_id) {
+            view.send_at = send.send_at;
+            view.time_zone = send.time_zone;
+            view.failure_reason = send.failure_reason;
+            view.send_attempts = Some(send.attempts);
+        }
+    }
+    Ok(views)
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -113,6 +166,10 @@ impl Row {
             thread_id: self.thread_id,
             sent_at: self.sent_at,
             received_at: self.received_at,
+            send_at: None,
+            time_zone: None,
+            failure_reason: None,
+            send_attempts: None,
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
@@ -140,18 +197,25 @@ pub const STATUSES: &[&str] = &[
     "cancelled",
 ];
 
-/// Emails of a record: a person by their addresses; a company by its domain and its people's
-/// addresses. Returns the email ids' filter inputs (addresses, domain).
-fn record_addresses(
+/// How a record finds its emails (E6).
+enum RecordEmails {
+    /// A person by their addresses; a company by its domain and its people's addresses.
+    Participants(Vec<String>, Option<String>),
+    /// A deal by its links: the emails sent from it and the rest of their threads.
+    Deal(i64),
+    None,
+}
+
+fn record_emails(
     conn: &mut DbConnection,
     account_id: i64,
     kind: RecordKind,
     id: i64,
-) -> CoreResult<(Vec<String>, Option<String>)> {
+) -> CoreResult<RecordEmails> {
     match kind {
         RecordKind::Person => {
             let person = Person::find(conn, account_id, id)?;
-            Ok((
+            Ok(RecordEmails::Participants(
                 person
                     .emails
                     .iter()
@@ -168,10 +232,16 @@ fn record_addresses(
                 .chain(company.emails.iter().cloned())
                 .map(|e| e.to_ascii_lowercase())
                 .collect();
-            Ok((people, company.domain))
+            Ok(RecordEmails::Participants(people, company.domain))
         }
-        // Deals and leads get their emails through threads and links (sending and threading).
-        RecordKind::Deal | RecordKind::Lead => Ok((Vec::new(), None)),
+        RecordKind::Deal => Ok(RecordEmails::Deal(
+            <Deal as Record>::find(conn, account_id, id)?.id,
+        )),
+        // E6 links emails to persons, companies and deals only.
+        RecordKind::Lead => {
+            <herald_core::records::Lead as Record>::find(conn, account_id, id)?;
+            Ok(RecordEmails::None)
+        }
     }
 }
 
@@ -189,7 +259,19 @@ macro_rules! visible_to {
         )
         .or(not(exists(
             email_copies::table.filter(email_copies::email_id.eq(emails::id)),
-        )))
+        ))
+        // Not (yet) seen in a folder: composed in Herald, shown as its mailbox allows.
+        .and(
+            emails::mailbox_id.is_null().or(emails::mailbox_id.eq_any(
+                mailboxes::table
+                    .filter(
+                        mailboxes::visibility
+                            .eq("everyone")
+                            .or(mailboxes::owner_id.eq($viewer)),
+                    )
+                    .select(mailboxes::id.nullable()),
+            )),
+        ))
     };
 }
 
@@ -250,34 +332,51 @@ pub fn list(
         );
     }
     if let Some((kind, id)) = filter.record {
-        let (addresses, domain) =
-            record_addresses(conn, viewer.account_id, kind, id).map_err(|e| match e {
-                CoreError::NotFound { .. } => {
-                    CoreError::invalid("record", format!("{} {id} does not exist", kind.as_str()))
-                }
-                other => other,
-            })?;
-        let by_address = email_participants::table
-            .filter(email_participants::account_id.eq(viewer.account_id))
-            .filter(email_participants::address.eq_any(addresses))
-            .select(email_participants::email_id);
-        let by_domain = email_participants::table
-            .filter(email_participants::account_id.eq(viewer.account_id))
-            .filter(email_participants::domain.eq(domain.unwrap_or_default()))
-            .select(email_participants::email_id);
-        query = query.filter(
-            emails::id
-                .eq_any(by_address)
-                .or(emails::id.eq_any(by_domain)),
-        );
+        let found = record_emails(conn, viewer.account_id, kind, id).map_err(|e| match e {
+            CoreError::NotFound { .. } => {
+                CoreError::invalid("record", format!("{} {id} does not exist", kind.as_str()))
+            }
+            other => other,
+        })?;
+        match found {
+            RecordEmails::Participants(addresses, domain) => {
+                let by_address = email_participants::table
+                    .filter(email_participants::account_id.eq(viewer.account_id))
+                    .filter(email_participants::address.eq_any(addresses))
+                    .select(email_participants::email_id);
+                let by_domain = email_participants::table
+                    .filter(email_participants::account_id.eq(viewer.account_id))
+                    .filter(email_participants::domain.eq(domain.unwrap_or_default()))
+                    .select(email_participants::email_id);
+                query = query.filter(
+                    emails::id
+                        .eq_any(by_address)
+                        .or(emails::id.eq_any(by_domain)),
+                );
+            }
+            RecordEmails::Deal(deal_id) => {
+                query = query.filter(
+                    emails::id.eq_any(
+                        email_deals::table
+                            .filter(email_deals::deal_id.eq(deal_id))
+                            .select(email_deals::email_id),
+                    ),
+                );
+            }
+            RecordEmails::None => {
+                return Ok(Page::from_rows(Vec::new(), page.limit, |r: &Row| r.id).map(Row::view));
+            }
+        }
     }
     let rows: Vec<Row> = query.load(conn)?;
-    Ok(Page::from_rows(rows, page.limit, |r| r.id).map(Row::view))
+    let mut page = Page::from_rows(rows, page.limit, |r| r.id).map(Row::view);
+    page.items = with_sends(conn, page.items)?;
+    Ok(page)
 }
 
 /// One email the viewer may see.
 pub fn find(conn: &mut DbConnection, viewer: &User, id: i64) -> CoreResult<EmailView> {
-    emails::table
+    let email = emails::table
         .filter(emails::account_id.eq(viewer.account_id))
         .filter(emails::id.eq(id))
         .filter(visible_to!(viewer.id))
@@ -285,13 +384,14 @@ pub fn find(conn: &mut DbConnection, viewer: &User, id: i64) -> CoreResult<Email
         .first(conn)
         .optional()?
         .map(Row::view)
-        .ok_or_else(|| CoreError::not_found("email", id))
+        .ok_or_else(|| CoreError::not_found("email", id))?;
+    Ok(with_sends(conn, vec![email])?.remove(0))
 }
 
 /// How many pages of emails one timeline read looks through (200 each).
 const TIMELINE_PAGES: usize = 25;
 
-/// Emails on person and company timelines.
+/// Emails on person, company and deal timelines.
 #[derive(Debug, Default)]
 pub struct EmailTimeline;
 

@@ -2,6 +2,7 @@
 //! folder (E2), select with CONDSTORE where offered, fetch messages by UID, append. Protocol only;
 //! what to fetch and where it goes is the sync engine's business.
 
+use async_imap::extensions::idle::IdleResponse;
 use async_imap::types::NameAttribute;
 use futures::TryStreamExt;
 
@@ -200,6 +201,34 @@ impl Session {
 
     pub async fn delete(&mut self, folder: &str) -> Result<(), ConnectError> {
         self.inner.delete(folder).await.map_err(failure)
+    }
+
+    /// Waits in IDLE on the selected folder until the server reports a change (`true`), `timeout`
+    /// passes or `stop` completes (`false`). The session comes back ready for more commands.
+    pub async fn idle(
+        self,
+        timeout: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) -> Result<(Session, bool), ConnectError> {
+        let capabilities = self.capabilities;
+        let mut handle = self.inner.idle();
+        handle.init().await.map_err(failure)?;
+        let (wait, interrupt) = handle.wait_with_timeout(timeout);
+        let changed = tokio::select! {
+            response = wait => matches!(response.map_err(failure)?, IdleResponse::NewData(_)),
+            () = stop => false,
+        };
+        drop(interrupt);
+        let inner = handle.done().await.map_err(failure)?;
+        // EXISTS/EXPUNGE reports collect here; the next pass asks for what it needs.
+        while inner.unsolicited_responses.try_recv().is_ok() {}
+        Ok((
+            Session {
+                inner,
+                capabilities,
+            },
+            changed,
+        ))
     }
 
     pub async fn logout(mut self) {

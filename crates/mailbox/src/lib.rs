@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod connect;
+pub mod deliver;
 pub mod emails;
 pub mod imap;
 pub mod model;
+pub mod outbox;
 pub mod parse;
 pub mod plan;
 pub mod schema;

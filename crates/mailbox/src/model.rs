@@ -39,6 +39,9 @@ pub enum MailboxError {
     Plan(#[from] PlanViolation),
     #[error(transparent)]
     Connect(#[from] ConnectError),
+    /// Composing with a template that does not render.
+    #[error(transparent)]
+    Template(#[from] herald_templates::TemplateError),
 }
 
 impl From<diesel::result::Error> for MailboxError {
@@ -78,6 +81,9 @@ pub struct Mailbox {
     pub sync_locked_until: Option<NaiveDateTime>,
     pub created_at: NaiveDateTime,
     pub updated_at: NaiveDateTime,
+    /// A sync asked for through the API, not yet started.
+    pub sync_requested_at: Option<NaiveDateTime>,
+    pub save_sent_copy: bool,
 }
 
 #[derive(Insertable, AsChangeset)]
@@ -99,6 +105,7 @@ struct MailboxRow {
     sync: String,
     sending_enabled: bool,
     visibility: String,
+    save_sent_copy: bool,
 }
 
 /// A server as the API shows it: never the password.
@@ -127,12 +134,16 @@ pub struct MailboxView {
     pub sending_enabled: bool,
     /// `everyone` or `owner`
     pub visibility: String,
-    /// `connected` until the sync engine runs it; then `syncing`, `auth_failed`, `error`.
+    /// Herald saves sent mail in the Sent folder (IMAP APPEND); false for providers that do.
+    pub save_sent_copy: bool,
+    /// `connected` until the sync engine runs it; then `synced`, `error` or `auth_failed`.
     pub state: String,
     #[serde(serialize_with = "rfc3339_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_synced_at: Option<NaiveDateTime>,
     pub last_error: Option<String>,
+    /// Seconds since the last successful sync; null before the first one.
+    pub lag_seconds: Option<i64>,
     #[serde(serialize_with = "rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: NaiveDateTime,
@@ -179,6 +190,10 @@ pub struct MailboxInput {
     /// Default true; false accepts self-signed certificates.
     #[serde(default)]
     pub verify_tls: Option<bool>,
+    /// Default true: Herald saves what it sends in the Sent folder. False for providers that
+    /// file submitted mail themselves (Gmail, Outlook), to avoid a second copy.
+    #[serde(default)]
+    pub save_sent_copy: Option<bool>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -192,6 +207,7 @@ pub struct MailboxPatch {
     pub sending_enabled: Option<bool>,
     pub visibility: Option<String>,
     pub verify_tls: Option<bool>,
+    pub save_sent_copy: Option<bool>,
 }
 
 fn security(value: &str, field: &str) -> Result<Security, CoreError> {
@@ -221,6 +237,7 @@ pub struct Draft {
     sending_enabled: bool,
     visibility: Visibility,
     verify_tls: bool,
+    save_sent_copy: bool,
 }
 
 /// The stored server a PATCH may keep the password of: only when it goes to the same place.
@@ -337,6 +354,7 @@ impl Draft {
                 .map_err(|_| CoreError::invalid("visibility", "must be everyone or owner"))?
                 .unwrap_or(Visibility::Everyone),
             verify_tls,
+            save_sent_copy: input.save_sent_copy.unwrap_or(true),
         })
     }
 
@@ -464,6 +482,7 @@ impl Draft {
                 .parse()
                 .map_err(|_| CoreError::invalid("visibility", "must be everyone or owner"))?,
             verify_tls,
+            save_sent_copy: patch.save_sent_copy.unwrap_or(current.save_sent_copy),
         };
         draft.check_plan(conn, limits)?;
         Ok(draft)
@@ -527,6 +546,7 @@ impl Draft {
             sync: self.sync.as_str().to_owned(),
             sending_enabled: self.sending_enabled,
             visibility: self.visibility.as_str().to_owned(),
+            save_sent_copy: self.save_sent_copy,
         })
     }
 
@@ -732,8 +752,12 @@ impl Mailbox {
             sync: self.sync.clone(),
             sending_enabled: self.sending_enabled,
             visibility: self.visibility.clone(),
+            save_sent_copy: self.save_sent_copy,
             state: self.state.clone(),
             last_synced_at: self.last_synced_at,
+            lag_seconds: self
+                .last_synced_at
+                .map(|at| (now() - at).num_seconds().max(0)),
             last_error: self.last_error.clone(),
             created_at: self.created_at,
             updated_at: self.updated_at,

@@ -30,6 +30,8 @@ diesel::table! {
         sync_locked_until -> Nullable<Timestamp>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
+        sync_requested_at -> Nullable<Timestamp>,
+        save_sent_copy -> Bool,
     }
 }
 
@@ -55,6 +57,24 @@ diesel::table! {
         problems -> Text,
         sent_at -> Nullable<Timestamp>,
         received_at -> Nullable<Timestamp>,
+        created_at -> Timestamp,
+        updated_at -> Timestamp,
+    }
+}
+
+diesel::table! {
+    email_sends (email_id) {
+        email_id -> BigInt,
+        created_by -> Nullable<BigInt>,
+        send_at -> Nullable<Timestamp>,
+        time_zone -> Nullable<Text>,
+        token -> Text,
+        started_at -> Nullable<Timestamp>,
+        attempts -> Integer,
+        failure_reason -> Nullable<Text>,
+        cancel_on_reply -> Bool,
+        bcc -> Text,
+        raw_message -> Nullable<Text>,
         created_at -> Timestamp,
         updated_at -> Timestamp,
     }
@@ -104,9 +124,19 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    email_deals (email_id, deal_id) {
+        email_id -> BigInt,
+        deal_id -> BigInt,
+        account_id -> BigInt,
+    }
+}
+
 diesel::joinable!(email_copies -> mailboxes (mailbox_id));
 diesel::joinable!(email_copies -> emails (email_id));
 diesel::joinable!(email_participants -> emails (email_id));
+diesel::joinable!(email_deals -> emails (email_id));
+diesel::joinable!(email_sends -> emails (email_id));
 
 diesel::allow_tables_to_appear_in_same_query!(
     mailboxes,
@@ -115,4 +145,6 @@ diesel::allow_tables_to_appear_in_same_query!(
     mailbox_folders,
     email_attachments,
     email_participants,
+    email_deals,
+    email_sends,
 );

@@ -16,7 +16,8 @@ use sha2::{Digest, Sha256};
 use crate::model::Mailbox;
 use crate::parse::ParsedEmail;
 use crate::schema::{
-    email_attachments, email_copies, email_participants, emails, mailbox_folders, mailboxes,
+    email_attachments, email_copies, email_deals, email_participants, email_sends, emails,
+    mailbox_folders, mailboxes,
 };
 
 /// Which folder of a mailbox.
@@ -168,32 +169,26 @@ pub fn store(
         return Ok(Stored::Seen(id));
     }
     let key = dedupe_key(parsed, raw);
-    let existing: Option<i64> = emails::table
-        .filter(emails::account_id.eq(mailbox.account_id))
-        .filter(emails::dedupe_key.eq(&key))
-        .select(emails::id)
-        .first(conn)
-        .optional()?;
-    let stored = match existing {
-        Some(id) => Stored::Known(id),
-        // A savepoint: when another mailbox of the account stores the same message at the same
-        // moment (PostgreSQL), the unique key refuses one insert and it becomes a copy.
-        None => match conn.transaction(|conn| {
-            insert_email(conn, mailbox, copy.role, &key, parsed, user_addresses)
-        }) {
-            Ok(id) => Stored::New(id),
-            Err(diesel::result::Error::DatabaseError(
-                diesel::result::DatabaseErrorKind::UniqueViolation,
-                _,
-            )) => Stored::Known(
-                emails::table
-                    .filter(emails::account_id.eq(mailbox.account_id))
-                    .filter(emails::dedupe_key.eq(&key))
-                    .select(emails::id)
-                    .first(conn)?,
-            ),
-            Err(e) => return Err(e),
-        },
+    // Inserted straight away, in a savepoint: the unique key (account, dedupe key) tells a
+    // message already stored from another mailbox, folder or UIDVALIDITY, also when another
+    // mailbox stores it at the same moment (PostgreSQL). No lookup first: a first sync is all
+    // new messages, and the lookup's plan, made while the table was empty, got slower with every
+    // email stored.
+    let stored = match conn
+        .transaction(|conn| insert_email(conn, mailbox, copy.role, &key, parsed, user_addresses))
+    {
+        Ok(id) => Stored::New(id),
+        Err(diesel::result::Error::DatabaseError(
+            diesel::result::DatabaseErrorKind::UniqueViolation,
+            _,
+        )) => Stored::Known(
+            emails::table
+                .filter(emails::account_id.eq(mailbox.account_id))
+                .filter(emails::dedupe_key.eq(&key))
+                .select(emails::id)
+                .first(conn)?,
+        ),
+        Err(e) => return Err(e),
     };
     let email_id = match stored {
         Stored::New(id) | Stored::Known(id) | Stored::Seen(id) => id,
@@ -336,33 +331,17 @@ fn insert_email(
         ))
         .returning(emails::id)
         .get_result(conn)?;
-    let mut seen = std::collections::HashSet::new();
-    for (role, list) in [
-        ("from", &parsed.from),
-        ("to", &parsed.to),
-        ("cc", &parsed.cc),
-        ("reply_to", &parsed.reply_to),
-    ] {
-        for participant in list {
-            let address = participant.address.to_ascii_lowercase();
-            if !seen.insert((role, address.clone())) {
-                continue;
-            }
-            let domain = address
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_owned())
-                .unwrap_or_default();
-            diesel::insert_into(email_participants::table)
-                .values((
-                    email_participants::email_id.eq(id),
-                    email_participants::account_id.eq(mailbox.account_id),
-                    email_participants::address.eq(&address),
-                    email_participants::domain.eq(domain),
-                    email_participants::role.eq(role),
-                ))
-                .execute(conn)?;
-        }
-    }
+    insert_participants(
+        conn,
+        mailbox.account_id,
+        id,
+        &[
+            ("from", &parsed.from),
+            ("to", &parsed.to),
+            ("cc", &parsed.cc),
+            ("reply_to", &parsed.reply_to),
+        ],
+    )?;
     for attachment in &parsed.attachments {
         diesel::insert_into(email_attachments::table)
             .values((
@@ -379,7 +358,125 @@ fn insert_email(
     diesel::update(emails::table.find(id))
         .set(emails::thread_id.eq(thread))
         .execute(conn)?;
+    // Deals and scheduled replies belong to earlier messages of a thread.
+    if thread != id {
+        inherit_deals(conn, mailbox.account_id, id, thread)?;
+        if direction == "inbound" {
+            cancel_scheduled_on_reply(conn, thread)?;
+        }
+    }
     Ok(id)
+}
+
+/// Indexes an email's addresses for record timelines (E6).
+pub fn insert_participants(
+    conn: &mut DbConnection,
+    account_id: i64,
+    email_id: i64,
+    lists: &[(&str, &Vec<crate::parse::Participant>)],
+) -> QueryResult<()> {
+    let mut seen = std::collections::HashSet::new();
+    for (role, list) in lists {
+        for participant in list.iter() {
+            let address = participant.address.to_ascii_lowercase();
+            if !seen.insert((*role, address.clone())) {
+                continue;
+            }
+            let domain = address
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_owned())
+                .unwrap_or_default();
+            diesel::insert_into(email_participants::table)
+                .values((
+                    email_participants::email_id.eq(email_id),
+                    email_participants::account_id.eq(account_id),
+                    email_participants::address.eq(&address),
+                    email_participants::domain.eq(domain),
+                    email_participants::role.eq(*role),
+                ))
+                .execute(conn)?;
+        }
+    }
+    Ok(())
+}
+
+/// A reply belongs to the deals of the conversation it continues (E6).
+pub fn inherit_deals(
+    conn: &mut DbConnection,
+    account_id: i64,
+    id: i64,
+    thread: i64,
+) -> QueryResult<()> {
+    let deals: Vec<i64> = email_deals::table
+        .filter(
+            email_deals::email_id.eq_any(
+                emails::table
+                    .filter(emails::thread_id.eq(thread))
+                    .filter(emails::id.ne(id))
+                    .select(emails::id),
+            ),
+        )
+        .select(email_deals::deal_id)
+        .distinct()
+        .load(conn)?;
+    for deal_id in deals {
+        link_deal(conn, account_id, id, deal_id)?;
+    }
+    Ok(())
+}
+
+/// The contact wrote first: scheduled emails of the thread that asked for it are cancelled (E10).
+fn cancel_scheduled_on_reply(conn: &mut DbConnection, thread: i64) -> QueryResult<()> {
+    let waiting: Vec<i64> = emails::table
+        .filter(emails::thread_id.eq(thread))
+        .filter(emails::status.eq("scheduled"))
+        .filter(
+            emails::id.eq_any(
+                email_sends::table
+                    .filter(email_sends::cancel_on_reply.eq(true))
+                    .select(email_sends::email_id),
+            ),
+        )
+        .select(emails::id)
+        .load(conn)?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let at = now();
+    diesel::update(emails::table.filter(emails::id.eq_any(&waiting)))
+        .filter(emails::status.eq("scheduled"))
+        .set((emails::status.eq("cancelled"), emails::updated_at.eq(at)))
+        .execute(conn)?;
+    diesel::update(email_sends::table.filter(email_sends::email_id.eq_any(&waiting)))
+        .set((
+            email_sends::failure_reason.eq("cancelled: the contact replied first"),
+            email_sends::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Links an email to a deal (the deal it was sent from, or one of its thread's).
+pub fn link_deal(
+    conn: &mut DbConnection,
+    account_id: i64,
+    email_id: i64,
+    deal_id: i64,
+) -> QueryResult<()> {
+    let linked = email_deals::table
+        .find((email_id, deal_id))
+        .count()
+        .get_result::<i64>(conn)?;
+    if linked == 0 {
+        diesel::insert_into(email_deals::table)
+            .values((
+                email_deals::email_id.eq(email_id),
+                email_deals::deal_id.eq(deal_id),
+                email_deals::account_id.eq(account_id),
+            ))
+            .execute(conn)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

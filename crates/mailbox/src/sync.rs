@@ -90,7 +90,7 @@ impl From<diesel::result::Error> for SyncError {
     }
 }
 
-/// Syncs `mailbox_id` once.
+/// Syncs `mailbox_id` once, over a connection of its own.
 pub async fn sync_mailbox(
     db: &Db,
     key: &SecretKey,
@@ -100,8 +100,19 @@ pub async fn sync_mailbox(
     let mailbox = db
         .run(move |conn| Mailbox::find_any(conn, mailbox_id))
         .await?;
-    let settings = mailbox.imap_settings(key)?;
-    let mut session = Session::open(&settings).await?;
+    let mut session = Session::open(&mailbox.imap_settings(key)?).await?;
+    let report = sync_pass(db, &mut session, &mailbox, options).await?;
+    session.logout().await;
+    Ok(report)
+}
+
+/// One pass over an open session (the worker keeps its session between passes and IDLEs on it).
+pub async fn sync_pass(
+    db: &Db,
+    session: &mut Session,
+    mailbox: &Mailbox,
+    options: &SyncOptions,
+) -> Result<SyncReport, SyncError> {
     let mut folders = vec![(Role::Inbox, options.inbox.clone())];
     if mailbox.sync == "received_and_sent"
         && let Some(sent) = session.sent_folder().await?
@@ -116,8 +127,8 @@ pub async fn sync_mailbox(
     for (role, folder) in folders {
         sync_folder(
             db,
-            &mut session,
-            &mailbox,
+            session,
+            mailbox,
             role,
             &folder,
             &addresses,
@@ -126,7 +137,7 @@ pub async fn sync_mailbox(
         )
         .await?;
     }
-    session.logout().await;
+    let mailbox_id = mailbox.id;
     db.run(move |conn| {
         use crate::schema::mailboxes;
         use diesel::prelude::*;
@@ -140,6 +151,7 @@ pub async fn sync_mailbox(
             .map_err(CoreError::from)
     })
     .await?;
+    metrics::counter!("herald_mail_messages_stored_total").increment(report.new as u64);
     Ok(report)
 }
 

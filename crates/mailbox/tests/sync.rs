@@ -1,5 +1,7 @@
-//! Sync passes against the loopback Dovecot, on both backends: first and incremental sync, the
-//! Sent folder, the same message in two mailboxes, a UIDVALIDITY change, resyncs — nothing twice.
+//! Sync against the loopback Dovecot, on both backends: first and incremental sync, the Sent
+//! folder, the same message in two mailboxes, a UIDVALIDITY change, resyncs — nothing twice;
+//! threads and deal links; the worker's watching tasks (IDLE, sync requests, Dovecot restarted
+//! mid-sync).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,8 +13,13 @@ use herald_core::identity::{Account, NewUser, User};
 use herald_mailbox::imap::Session;
 use herald_mailbox::schema::{email_copies, emails};
 use herald_mailbox::sync::{SyncOptions, sync_mailbox};
+use herald_mailbox::worker::{SyncerSettings, mark_sync_requested, run};
 use herald_mailbox::{Draft, Mailbox, MailboxInput};
 use herald_testdb::{TestDb, backend_tests};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use herald_testdb::mail_env as env;
 
@@ -290,8 +297,245 @@ async fn replies_join_their_thread(test: TestDb) {
     f.cleanup().await;
 }
 
+async fn replies_join_the_deals_of_their_thread(test: TestDb) {
+    let f = Fixture::new(test, "deal-threads").await;
+    let mailbox = f.mailbox("bob", "received");
+    let tag = &f.tag;
+    let mut conn = f.test.connect();
+    let deal = <herald_core::records::Deal as herald_core::records::Record>::create(
+        &mut conn,
+        f.account.id,
+        &serde_json::from_value(serde_json::json!({"title": "Renewal"})).unwrap(),
+    )
+    .unwrap();
+    f.append(
+        "bob",
+        &f.folder,
+        format!("From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Renewal\r\nMessage-ID: <first-{tag}@acme.example>\r\n\r\nHi\r\n").as_bytes(),
+    )
+    .await;
+    sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    let first: i64 = emails::table
+        .filter(emails::message_id.eq(format!("first-{tag}@acme.example")))
+        .select(emails::id)
+        .first(&mut conn)
+        .unwrap();
+    // As if it had been sent from the deal.
+    herald_mailbox::store::link_deal(&mut conn, f.account.id, first, deal.id).unwrap();
+    for (name, headers) in [
+        (
+            "reply",
+            format!("In-Reply-To: <first-{tag}@acme.example>\r\n"),
+        ),
+        ("unrelated", String::new()),
+    ] {
+        f.append(
+            "bob",
+            &f.folder,
+            format!("From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: {name}\r\nMessage-ID: <{name}-{tag}@acme.example>\r\n{headers}\r\nText\r\n").as_bytes(),
+        )
+        .await;
+    }
+    sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
+        .await
+        .unwrap();
+    let owner = User::find(&mut conn, mailbox.owner_id).unwrap();
+    let on_deal = herald_mailbox::emails::list(
+        &mut conn,
+        &owner,
+        &herald_mailbox::emails::EmailFilter {
+            record: Some((herald_core::records::RecordKind::Deal, deal.id)),
+            ..Default::default()
+        },
+        herald_core::pagination::PageRequest::first(50),
+    )
+    .unwrap();
+    let ids: Vec<_> = on_deal
+        .items
+        .iter()
+        .map(|e| e.message_id.clone().unwrap())
+        .collect();
+    assert_eq!(
+        ids,
+        vec![
+            format!("reply-{tag}@acme.example"),
+            format!("first-{tag}@acme.example")
+        ],
+        "newest first, the unrelated email is not on the deal"
+    );
+    f.cleanup().await;
+}
+
+/// A watcher that only IDLE or a request can bring new mail to in time (no polling).
+fn watcher(f: &Fixture, options: SyncOptions) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let settings = SyncerSettings {
+        interval: Duration::from_secs(3600),
+        tick: Duration::from_millis(100),
+        min_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(1),
+        options,
+        ..SyncerSettings::default()
+    };
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(run(
+        f.test.db.clone(),
+        f.key.clone(),
+        settings,
+        shutdown.clone(),
+    ));
+    (shutdown, task)
+}
+
+/// Waits up to 60 seconds for `check` (a bound for a stuck test, not a speed target).
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    for _ in 0..600 {
+        if check() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("gave up waiting for {what}");
+}
+
+fn mailbox_state(f: &Fixture, id: i64) -> (String, Option<String>) {
+    herald_mailbox::schema::mailboxes::table
+        .find(id)
+        .select((
+            herald_mailbox::schema::mailboxes::state,
+            herald_mailbox::schema::mailboxes::sync_locked_by,
+        ))
+        .first(&mut f.test.connect())
+        .unwrap()
+}
+
+async fn the_watcher_picks_up_new_mail_with_idle(test: TestDb) {
+    let f = Fixture::new(test, "idle").await;
+    let mailbox = f.mailbox("bob", "received");
+    f.append("bob", &f.folder, &f.message(1, "ann@acme.example"))
+        .await;
+    let (shutdown, task) = watcher(&f, f.options());
+    eventually("the first pass", || f.count(1) == 1).await;
+    for n in 2..=3 {
+        f.append("bob", &f.folder, &f.message(n, "ann@acme.example"))
+            .await;
+        eventually(&format!("IDLE to bring message {n}"), || f.count(n) == 1).await;
+    }
+    shutdown.cancel();
+    task.await.unwrap();
+    assert_eq!(
+        mailbox_state(&f, mailbox.id),
+        ("synced".into(), None),
+        "the lease is released at shutdown"
+    );
+    f.cleanup().await;
+}
+
+async fn a_sync_asked_for_reaches_the_watching_worker(test: TestDb) {
+    let f = Fixture::new(test, "requested").await;
+    let mailbox = f.mailbox("bob", "received_and_sent");
+    f.append("bob", &f.folder, &f.message(1, "ann@acme.example"))
+        .await;
+    let (shutdown, task) = watcher(&f, f.options());
+    eventually("the first pass", || f.count(1) == 1).await;
+    // In the Sent folder, which IDLE on the inbox does not watch.
+    f.append("bob", "Sent", &f.message(2, "Bob <bob@herald.test>"))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        f.count(2),
+        0,
+        "nothing syncs the Sent folder before the interval"
+    );
+    mark_sync_requested(&mut f.test.connect(), mailbox.id).unwrap();
+    eventually("the requested pass", || f.count(2) == 1).await;
+    shutdown.cancel();
+    task.await.unwrap();
+    f.cleanup().await;
+}
+
+/// Stops or starts the loopback Dovecot (the test runs alone: see .config/nextest.toml).
+fn dovecot(start: bool) {
+    // To a file, not a pipe: the Dovecot it starts would hold the test's output open.
+    let log_path = format!("{}/log/restart-test.log", env("HERALD_TEST_MAIL_STATE_DIR"));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let status = std::process::Command::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../scripts/mail-servers.sh"
+    ))
+    .args([
+        if start { "start" } else { "stop-dovecot" },
+        &env("HERALD_TEST_MAIL_STATE_DIR"),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(log)
+    .status()
+    .unwrap();
+    assert!(
+        status.success(),
+        "dovecot start={start}: {status}\n{}",
+        std::fs::read_to_string(&log_path).unwrap_or_default()
+    );
+}
+
+async fn dovecot_restart_mid_sync_loses_nothing_and_stores_nothing_twice(test: TestDb) {
+    let f = Fixture::new(test, "restart").await;
+    let mailbox = f.mailbox("bob", "received");
+    const MESSAGES: usize = 40;
+    for n in 1..=MESSAGES {
+        f.append("bob", &f.folder, &f.message(n, "ann@acme.example"))
+            .await;
+    }
+    let stopped = Arc::new(AtomicBool::new(false));
+    let options = SyncOptions {
+        batch: 4,
+        progress: Some(Arc::new({
+            let stopped = stopped.clone();
+            move |p: &herald_mailbox::sync::Progress| {
+                if p.done >= 8 && !stopped.swap(true, Ordering::SeqCst) {
+                    dovecot(false);
+                }
+            }
+        })),
+        ..f.options()
+    };
+    let (shutdown, task) = watcher(&f, options);
+    eventually("the failed pass to be recorded", || {
+        mailbox_state(&f, mailbox.id).0 == "error"
+    })
+    .await;
+    let stored = (1..=MESSAGES).filter(|n| f.count(*n) == 1).count();
+    assert!(
+        (8..MESSAGES).contains(&stored),
+        "cut mid-sync after the second batch: {stored}"
+    );
+    dovecot(true);
+    eventually("the reconnected pass", || {
+        (1..=MESSAGES).all(|n| f.count(n) == 1)
+    })
+    .await;
+    let copies: i64 = email_copies::table
+        .filter(email_copies::mailbox_id.eq(mailbox.id))
+        .count()
+        .get_result(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(copies, MESSAGES as i64, "each message stored once");
+    eventually("the mailbox to be synced", || {
+        mailbox_state(&f, mailbox.id).0 == "synced"
+    })
+    .await;
+    shutdown.cancel();
+    task.await.unwrap();
+    f.cleanup().await;
+}
+
 backend_tests!(
+    the_watcher_picks_up_new_mail_with_idle,
+    a_sync_asked_for_reaches_the_watching_worker,
+    dovecot_restart_mid_sync_loses_nothing_and_stores_nothing_twice,
     replies_join_their_thread,
+    replies_join_the_deals_of_their_thread,
     first_and_incremental_syncs_store_each_message_once,
     the_same_message_in_two_mailboxes_is_one_email,
     a_uidvalidity_change_stores_nothing_twice,

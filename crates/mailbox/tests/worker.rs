@@ -91,6 +91,21 @@ async fn repeated_authentication_failures_stop_the_retries(test: TestDb) {
     // No hot retry loop: an auth_failed mailbox is left alone.
     let report = round(&test.db, &key, "me", &settings).await.unwrap();
     assert!(report.failed.is_empty() && report.synced.is_empty());
+    // Its owner is told, once.
+    let told = herald_core::notifications::Notification::for_user(
+        &mut test.connect(),
+        broken.owner_id,
+        10,
+    )
+    .unwrap();
+    assert_eq!(told.len(), 1, "{told:?}");
+    assert_eq!(told[0].kind, "mailbox_auth_failed");
+    assert_eq!(told[0].subject_id, Some(broken.id));
+    assert!(
+        told[0].title.contains("carol@herald.test"),
+        "{}",
+        told[0].title
+    );
 }
 
 backend_tests!(

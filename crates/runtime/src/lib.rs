@@ -116,16 +116,7 @@ pub fn spawn_mailbox_syncer(
     started: &Started,
     shutdown: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    let mail = &started.config.mail;
-    let settings = herald_mailbox::worker::SyncerSettings {
-        interval: std::time::Duration::from_secs(mail.sync_interval_secs.max(5)),
-        options: herald_mailbox::sync::SyncOptions {
-            history: Some(herald_core::time::TimeDelta::days(mail.history_days.max(1))),
-            max_attachment_bytes: mail.max_attachment_bytes,
-            ..herald_mailbox::sync::SyncOptions::default()
-        },
-        ..herald_mailbox::worker::SyncerSettings::default()
-    };
+    let settings = mail::syncer_settings(&started.config.mail);
     tokio::spawn(herald_mailbox::worker::run(
         started.db.clone(),
         started.secret_key.clone(),
@@ -141,6 +132,8 @@ pub fn job_runner(context: JobContext) -> Runner<JobContext> {
     Runner::builder(context.db.clone(), context)
         .register::<maintenance::PurgeIdempotencyKeys>()
         .register::<mail::SyncMailboxNow>()
+        .register::<mail::SendEmailJob>()
+        .register::<mail::AppendSentCopyJob>()
         .settings(settings)
         .waker(waker)
         .build()

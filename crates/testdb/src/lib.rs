@@ -230,6 +230,75 @@ fn ensure_template(admin_url: &str) -> String {
     name
 }
 
+/// Postfix's smtp-sink on a free loopback port, answering as `args` say; killed on drop.
+pub struct SmtpSink {
+    pub port: u16,
+    child: std::process::Child,
+    dump: tempfile::TempDir,
+}
+
+impl SmtpSink {
+    // The child is waited for in Drop.
+    #[allow(clippy::zombie_processes)]
+    pub fn start(port: Option<u16>, args: &[&str]) -> SmtpSink {
+        let port = port.unwrap_or_else(|| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .expect("smtp-sink setup")
+                .local_addr()
+                .expect("smtp-sink setup")
+                .port()
+        });
+        let dump = tempfile::tempdir().expect("smtp-sink setup");
+        std::fs::set_permissions(
+            dump.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("smtp-sink setup");
+        let child = std::process::Command::new(mail_env("HERALD_TEST_SMTP_SINK"))
+            // -a: no AUTH offered (smtp-sink would answer AUTH with a 250).
+            .args(["-u", "nobody", "-a", "-d"])
+            .arg(dump.path().join("%H%M%S."))
+            .args(args)
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("50")
+            .spawn()
+            .expect("smtp-sink setup");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return SmtpSink { port, child, dump };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("smtp-sink did not start on {port}");
+    }
+
+    /// Every message it accepted, as written to its dump directory.
+    pub fn messages(&self) -> Vec<String> {
+        std::fs::read_dir(self.dump.path())
+            .map(|files| {
+                files
+                    .filter_map(|f| std::fs::read_to_string(f.ok()?.path()).ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Messages it accepted that carry `needle`.
+    pub fn received(&self, needle: &str) -> usize {
+        self.messages()
+            .iter()
+            .filter(|m| m.contains(needle))
+            .count()
+    }
+}
+
+impl Drop for SmtpSink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Runs each named `async fn(TestDb)` on SQLite and on PostgreSQL, as two tests:
 /// `name::sqlite` and `name::postgres`.
 #[macro_export]

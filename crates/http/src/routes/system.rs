@@ -39,7 +39,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// Prometheus text format: HTTP latency, job outcomes and queue depth.
+/// Prometheus text format: HTTP latency, job outcomes, queue depth, mailbox states and sync lag.
 #[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "Prometheus text format")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     // Queue depth is read at scrape time, so it is right whichever process changed the queue.
@@ -56,6 +56,20 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
                 .sum();
             metrics::gauge!("herald_queue_jobs", "status" => *status).set(total as f64);
         }
+    }
+    if let Ok((states, lag)) = state
+        .db
+        .run(|conn| Ok::<_, herald_core::CoreError>(herald_mailbox::worker::sync_health(conn)?))
+        .await
+    {
+        for name in ["connected", "synced", "error", "auth_failed"] {
+            let n = states
+                .iter()
+                .find(|(s, _)| s == name)
+                .map_or(0, |(_, n)| *n);
+            metrics::gauge!("herald_mailboxes", "state" => name).set(n as f64);
+        }
+        metrics::gauge!("herald_mailbox_sync_lag_seconds").set(lag as f64);
     }
     (
         [(

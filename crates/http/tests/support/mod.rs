@@ -153,3 +153,17 @@ pub async fn read(response: reqwest::Response) -> (StatusCode, Value) {
     }
     (status, value)
 }
+
+/// A mailbox for `user` (alice, bob or carol) on the loopback servers.
+pub fn mailbox(user: &str, sending: bool) -> Value {
+    serde_json::json!({
+        "address": format!("{user}@herald.test"),
+        "display_name": user,
+        "imap": {"host": herald_testdb::mail_env("HERALD_TEST_IMAP_HOST"), "port": herald_testdb::mail_env("HERALD_TEST_IMAP_PORT").parse::<u16>().unwrap(),
+                 "security": "starttls", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
+        "smtp": {"host": herald_testdb::mail_env("HERALD_TEST_SMTP_HOST"), "port": herald_testdb::mail_env("HERALD_TEST_SUBMISSION_PORT").parse::<u16>().unwrap(),
+                 "security": "starttls", "username": format!("{user}@herald.test"), "password": format!("{user}-pass")},
+        "sending_enabled": sending,
+        "verify_tls": false
+    })
+}
