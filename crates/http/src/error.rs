@@ -52,6 +52,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
+    /// A provider webhook whose signature does not prove it (403).
+    #[error("{detail}")]
+    Webhook { code: &'static str, detail: String },
     /// A request that cannot be read at all (bad JSON syntax, wrong content type, too large).
     #[error("{detail}")]
     BadRequest {
@@ -145,6 +148,9 @@ impl ApiError {
                 None,
             ),
             ApiError::Forbidden(m) => (StatusCode::FORBIDDEN, "forbidden", m.clone(), None),
+            ApiError::Webhook { code, detail } => {
+                (StatusCode::FORBIDDEN, *code, detail.clone(), None)
+            }
             ApiError::BadRequest {
                 status,
                 code,

@@ -26,7 +26,7 @@ pub use error::{ApiError, Problem};
 pub use state::AppState;
 
 use routes::records::{companies, deals, leads, persons};
-use routes::{emails, mailboxes, me, system, templates};
+use routes::{emails, inbox, mailboxes, me, system, templates, webhooks};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -109,6 +109,17 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(emails::cancel))
         .routes(routes!(emails::send_now))
         .routes(routes!(emails::retry))
+        .routes(routes!(inbox::set_availability))
+        .routes(routes!(inbox::list_channels, inbox::create_channel))
+        .routes(routes!(inbox::delete_channel))
+        .routes(routes!(inbox::list_conversations))
+        .routes(routes!(inbox::get_conversation))
+        .routes(routes!(inbox::list_messages))
+        .routes(routes!(inbox::assign))
+        .routes(routes!(inbox::close))
+        .routes(routes!(inbox::reopen))
+        .routes(routes!(webhooks::twilio))
+        .routes(routes!(webhooks::messenger_verify, webhooks::messenger))
 }
 
 /// The OpenAPI document, as served at `/api/v1/openapi.json`.

@@ -1,9 +1,11 @@
 pub mod emails;
+pub mod inbox;
 pub mod mailboxes;
 pub mod me;
 pub mod records;
 pub mod system;
 pub mod templates;
+pub mod webhooks;
 
 use serde::Serialize;
 

@@ -1,0 +1,9 @@
+#![doc = include_str!("../README.md")]
+
+pub mod channels;
+pub mod conversations;
+pub mod inbound;
+pub mod schema;
+
+pub use channels::{Channel, ChannelInput, ChannelView};
+pub use conversations::{ConversationView, MessageView};
