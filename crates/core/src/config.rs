@@ -41,6 +41,28 @@ pub struct Config {
     pub api: ApiConfig,
     pub plans: PlanLimits,
     pub mail: MailConfig,
+    pub providers: ProvidersConfig,
+}
+
+/// Where the messaging providers' APIs are (`[providers]`): their public addresses by default;
+/// another base URL for a proxy or a test server.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ProvidersConfig {
+    pub twilio_base_url: String,
+    pub graph_base_url: String,
+    /// Seconds a provider call may take.
+    pub timeout_secs: u64,
+}
+
+impl Default for ProvidersConfig {
+    fn default() -> Self {
+        ProvidersConfig {
+            twilio_base_url: "https://api.twilio.com".into(),
+            graph_base_url: "https://graph.facebook.com/v21.0".into(),
+            timeout_secs: 30,
+        }
+    }
 }
 
 /// Mailbox sync in the worker (`[mail]`).
@@ -169,6 +191,7 @@ impl Default for Config {
             api: ApiConfig::default(),
             plans: PlanLimits::default(),
             mail: MailConfig::default(),
+            providers: ProvidersConfig::default(),
         }
     }
 }
@@ -295,6 +318,7 @@ impl fmt::Debug for Config {
             .field("api", &self.api)
             .field("plans", &self.plans)
             .field("mail", &self.mail)
+            .field("providers", &self.providers)
             .finish()
     }
 }

@@ -113,12 +113,13 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(inbox::list_channels, inbox::create_channel))
         .routes(routes!(inbox::delete_channel))
         .routes(routes!(inbox::list_conversations))
-        .routes(routes!(inbox::get_conversation))
-        .routes(routes!(inbox::list_messages))
+        .routes(routes!(inbox::get_conversation, inbox::delete_conversation))
+        .routes(routes!(inbox::list_messages, inbox::reply))
         .routes(routes!(inbox::assign))
         .routes(routes!(inbox::close))
         .routes(routes!(inbox::reopen))
         .routes(routes!(webhooks::twilio))
+        .routes(routes!(webhooks::twilio_status))
         .routes(routes!(webhooks::messenger_verify, webhooks::messenger))
 }
 

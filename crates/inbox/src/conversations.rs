@@ -158,6 +158,47 @@ pub struct MessageView {
     pub updated_at: NaiveDateTime,
 }
 
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = messages)]
+struct MessageRow {
+    id: i64,
+    direction: String,
+    provider_message_id: Option<String>,
+    body: Option<String>,
+    media: String,
+    status: String,
+    failure_reason: Option<String>,
+    author_id: Option<i64>,
+    created_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+}
+
+impl From<MessageRow> for MessageView {
+    fn from(r: MessageRow) -> Self {
+        MessageView {
+            id: r.id,
+            direction: r.direction,
+            provider_message_id: r.provider_message_id,
+            body: r.body,
+            media: serde_json::from_str(&r.media).unwrap_or_default(),
+            status: r.status,
+            failure_reason: r.failure_reason,
+            author_id: r.author_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// One message by id (the caller checked the conversation's account).
+pub fn message(conn: &mut DbConnection, id: i64) -> CoreResult<MessageView> {
+    Ok(messages::table
+        .find(id)
+        .select(MessageRow::as_select())
+        .first::<MessageRow>(conn)?
+        .into())
+}
+
 type Boxed<'a> = conversations::BoxedQuery<'a, herald_core::db::MultiBackend>;
 
 fn in_view(viewer: &User, view: View) -> Boxed<'static> {
@@ -270,46 +311,11 @@ pub fn messages(
     if let Some(after) = page.before_id {
         query = query.filter(messages::id.gt(after));
     }
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(
-        i64,
-        String,
-        Option<String>,
-        Option<String>,
-        String,
-        String,
-        Option<String>,
-        Option<i64>,
-        NaiveDateTime,
-        NaiveDateTime,
-    )> = query
-        .select((
-            messages::id,
-            messages::direction,
-            messages::provider_message_id,
-            messages::body,
-            messages::media,
-            messages::status,
-            messages::failure_reason,
-            messages::author_id,
-            messages::created_at,
-            messages::updated_at,
-        ))
-        .load(conn)?;
-    let views = rows
+    let views: Vec<MessageView> = query
+        .select(MessageRow::as_select())
+        .load::<MessageRow>(conn)?
         .into_iter()
-        .map(|r| MessageView {
-            id: r.0,
-            direction: r.1,
-            provider_message_id: r.2,
-            body: r.3,
-            media: serde_json::from_str(&r.4).unwrap_or_default(),
-            status: r.5,
-            failure_reason: r.6,
-            author_id: r.7,
-            created_at: r.8,
-            updated_at: r.9,
-        })
+        .map(MessageView::from)
         .collect();
     Ok(Page::from_rows(views, page.limit, |m: &MessageView| m.id))
 }

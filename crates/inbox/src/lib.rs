@@ -3,6 +3,7 @@
 pub mod channels;
 pub mod conversations;
 pub mod inbound;
+pub mod outbound;
 pub mod schema;
 
 pub use channels::{Channel, ChannelInput, ChannelView};

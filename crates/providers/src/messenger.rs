@@ -42,6 +42,81 @@ pub fn verify_token_matches(expected: &str, given: &str) -> bool {
         .is_ok()
 }
 
+/// The Send API (`POST {graph}/me/messages?access_token=…`, JSON with `messaging_type`).
+#[derive(Clone, Debug)]
+pub struct Client {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Sent {
+    pub recipient_id: String,
+    pub message_id: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    error: GraphError,
+}
+
+#[derive(serde::Deserialize)]
+struct GraphError {
+    message: String,
+    #[serde(default)]
+    code: Option<i64>,
+}
+
+impl Client {
+    pub fn new(base_url: &str, http: reqwest::Client) -> Client {
+        Client {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    /// Sends a text reply (`messaging_type: RESPONSE`, inside the 24-hour window).
+    pub async fn send_text(
+        &self,
+        page_access_token: &str,
+        recipient: &str,
+        text: &str,
+    ) -> Result<Sent, crate::ProviderError> {
+        let response = self
+            .http
+            .post(format!("{}/me/messages", self.base_url))
+            .query(&[("access_token", page_access_token)])
+            .json(&serde_json::json!({
+                "recipient": {"id": recipient},
+                "messaging_type": "RESPONSE",
+                "message": {"text": text},
+            }))
+            .send()
+            .await
+            .map_err(|e| crate::ProviderError::network("Messenger", &e))?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json::<Sent>().await.map_err(|e| {
+                crate::ProviderError::Temporary(format!(
+                    "Messenger's answer was not understood: {e}"
+                ))
+            });
+        }
+        let reason = match response.json::<ErrorBody>().await {
+            Ok(ErrorBody {
+                error:
+                    GraphError {
+                        message,
+                        code: Some(code),
+                    },
+            }) => format!("Messenger refused the message: {message} (code {code})"),
+            Ok(ErrorBody { error }) => format!("Messenger refused the message: {}", error.message),
+            Err(_) => format!("Messenger answered {status}"),
+        };
+        Err(crate::ProviderError::from_status(status, reason))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

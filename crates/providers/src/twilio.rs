@@ -65,6 +65,86 @@ pub fn verify(auth_token: &str, url: &str, params: &[(String, String)], header: 
         .any(|url| mac(auth_token, url, params).verify_slice(&given).is_ok())
 }
 
+/// The Messages API (`POST /2010-04-01/Accounts/{sid}/Messages.json`, form-encoded, basic auth
+/// with the account SID and auth token).
+#[derive(Clone, Debug)]
+pub struct Client {
+    base_url: String,
+    http: reqwest::Client,
+}
+
+/// What Twilio answered to a send.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct Sent {
+    pub sid: String,
+    /// `queued` or `accepted`; the status callback tells the rest.
+    pub status: String,
+}
+
+#[derive(serde::Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    code: Option<i64>,
+    #[serde(default)]
+    message: Option<String>,
+}
+
+/// A message to send.
+#[derive(Clone, Debug)]
+pub struct Outgoing<'a> {
+    pub account_sid: &'a str,
+    pub auth_token: &'a str,
+    /// `whatsapp:+14155238886`
+    pub from: &'a str,
+    pub to: &'a str,
+    pub body: &'a str,
+    pub status_callback: &'a str,
+}
+
+impl Client {
+    pub fn new(base_url: &str, http: reqwest::Client) -> Client {
+        Client {
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            http,
+        }
+    }
+
+    pub async fn send(&self, message: &Outgoing<'_>) -> Result<Sent, crate::ProviderError> {
+        let url = format!(
+            "{}/2010-04-01/Accounts/{}/Messages.json",
+            self.base_url, message.account_sid
+        );
+        let response = self
+            .http
+            .post(url)
+            .basic_auth(message.account_sid, Some(message.auth_token))
+            .form(&[
+                ("From", message.from),
+                ("To", message.to),
+                ("Body", message.body),
+                ("StatusCallback", message.status_callback),
+            ])
+            .send()
+            .await
+            .map_err(|e| crate::ProviderError::network("Twilio", &e))?;
+        let status = response.status();
+        if status.is_success() {
+            return response.json::<Sent>().await.map_err(|e| {
+                crate::ProviderError::Temporary(format!("Twilio's answer was not understood: {e}"))
+            });
+        }
+        let body: Option<ErrorBody> = response.json().await.ok();
+        let reason = match body {
+            Some(ErrorBody {
+                code: Some(code),
+                message: Some(message),
+            }) => format!("Twilio refused the message: {message} (error {code})"),
+            _ => format!("Twilio answered {status}"),
+        };
+        Err(crate::ProviderError::from_status(status, reason))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod inbox;
 pub mod mail;
 pub mod maintenance;
 
@@ -134,6 +135,7 @@ pub fn job_runner(context: JobContext) -> Runner<JobContext> {
         .register::<mail::SyncMailboxNow>()
         .register::<mail::SendEmailJob>()
         .register::<mail::AppendSentCopyJob>()
+        .register::<inbox::SendMessageJob>()
         .settings(settings)
         .waker(waker)
         .build()

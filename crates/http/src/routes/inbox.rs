@@ -299,3 +299,61 @@ pub async fn set_availability(
         .await?;
     Ok(Json(user))
 }
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ReplyInput {
+    pub body: String,
+}
+
+/// Queues a reply (M4): 201 with the message `queued`; the worker sends it through the
+/// provider. A WhatsApp reply more than 24 hours after the contact's last message: 409
+/// `outside_messaging_window`.
+#[utoipa::path(post, path = "/api/v1/conversations/{id}/messages", tag = "inbox", security(("bearer" = [])),
+    params(("id" = i64, Path), ("Idempotency-Key" = Option<String>, Header, description = "retries with the same key return the first response")),
+    request_body = ReplyInput,
+    responses((status = 201, body = MessageView), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)))]
+pub async fn reply(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<i64>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: JsonBody<ReplyInput>,
+) -> ApiResult<Response> {
+    let (user, input) = (me.user.clone(), body.value);
+    let response = idempotent(
+        &state,
+        &me,
+        &headers,
+        "POST",
+        uri.path(),
+        &body.raw,
+        move |conn| {
+            let message = herald_inbox::outbound::queue_reply(conn, &user, id, &input.body)?;
+            json_response(StatusCode::CREATED, &message)
+        },
+    )
+    .await?;
+    state.waker.wake();
+    Ok(response)
+}
+
+/// Deletes a conversation and its messages for good (M10): only the channel's owner (others
+/// 403). A late provider retry of an old message does not bring it back.
+#[utoipa::path(delete, path = "/api/v1/conversations/{id}", tag = "inbox", security(("bearer" = [])), params(("id" = i64, Path)),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem)))]
+pub async fn delete_conversation(
+    State(state): State<AppState>,
+    Caller(me): Caller,
+    Path(id): Path<i64>,
+) -> ApiResult<StatusCode> {
+    let user = me.user;
+    state
+        .db
+        .run(move |conn| {
+            conn.write(|conn| herald_inbox::outbound::delete_conversation(conn, &user, id))
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}

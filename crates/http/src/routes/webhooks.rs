@@ -40,6 +40,32 @@ async fn channel(state: &AppState, id: i64, kind: &'static str) -> ApiResult<Cha
     Ok(channel)
 }
 
+/// Twilio's signature over the public URL Twilio requested and the form fields.
+fn check_twilio(
+    state: &AppState,
+    channel: &Channel,
+    uri: &Uri,
+    headers: &HeaderMap,
+    params: &[(String, String)],
+) -> ApiResult<()> {
+    let Credentials::Twilio { auth_token } = channel.credentials(&state.secret_key)? else {
+        return Err(rejected("twilio", "wrong_kind"));
+    };
+    // The URL Twilio requested: the public URL, this path, and the query string as sent.
+    let url = format!(
+        "{}{}",
+        state.config.public_url(),
+        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
+    );
+    let Some(signature) = header(headers, "x-twilio-signature") else {
+        return Err(rejected("twilio", "missing"));
+    };
+    if !herald_providers::twilio::verify(auth_token.expose_secret(), &url, params, signature) {
+        return Err(rejected("twilio", "mismatch"));
+    }
+    Ok(())
+}
+
 /// Twilio's inbound message webhook, checked with `X-Twilio-Signature` over the public URL and
 /// the sorted form parameters.
 #[utoipa::path(post, path = "/webhooks/twilio/{channel_id}", tag = "webhooks", params(("channel_id" = i64, Path)),
@@ -55,21 +81,7 @@ pub async fn twilio(
     let channel = channel(&state, id, "twilio_whatsapp").await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| CoreError::invalid("body", format!("not a form: {e}")))?;
-    let Credentials::Twilio { auth_token } = channel.credentials(&state.secret_key)? else {
-        return Err(rejected("twilio", "wrong_kind"));
-    };
-    // The URL Twilio requested: the public URL, this path, and the query string as sent.
-    let url = format!(
-        "{}{}",
-        state.config.public_url(),
-        uri.path_and_query().map_or(uri.path(), |p| p.as_str())
-    );
-    let Some(signature) = header(&headers, "x-twilio-signature") else {
-        return Err(rejected("twilio", "missing"));
-    };
-    if !herald_providers::twilio::verify(auth_token.expose_secret(), &url, &params, signature) {
-        return Err(rejected("twilio", "mismatch"));
-    }
+    check_twilio(&state, &channel, &uri, &headers, &params)?;
     let message = inbound::twilio_message(&channel, &params)
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
     let received = state
@@ -163,4 +175,47 @@ pub async fn messenger(
         })
         .await?;
     Ok(StatusCode::OK)
+}
+
+/// Twilio's status callback for a message Herald sent (M4): `MessageSid`, `MessageStatus`,
+/// `ErrorCode`; signed like the inbound webhook.
+#[utoipa::path(post, path = "/webhooks/twilio/{channel_id}/status", tag = "webhooks", params(("channel_id" = i64, Path)),
+    request_body(content = String, content_type = "application/x-www-form-urlencoded", description = "Twilio's status fields"),
+    responses((status = 204), (status = 403, body = Problem), (status = 404, body = Problem), (status = 422, body = Problem)))]
+pub async fn twilio_status(
+    State(state): State<AppState>,
+    Path(id): Path<i64>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<StatusCode> {
+    let channel = channel(&state, id, "twilio_whatsapp").await?;
+    let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
+        .map_err(|e| CoreError::invalid("body", format!("not a form: {e}")))?;
+    check_twilio(&state, &channel, &uri, &headers, &params)?;
+    let get = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let sid = get("MessageSid").ok_or_else(|| CoreError::invalid("MessageSid", "is required"))?;
+    let status =
+        get("MessageStatus").ok_or_else(|| CoreError::invalid("MessageStatus", "is required"))?;
+    let error_code = get("ErrorCode");
+    state
+        .db
+        .run(move |conn| {
+            conn.write(|conn| {
+                herald_inbox::outbound::twilio_status(
+                    conn,
+                    &channel,
+                    &sid,
+                    &status,
+                    error_code.as_deref(),
+                )
+            })
+        })
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
 }
