@@ -10,10 +10,10 @@ use herald_core::{CoreError, Db};
 use serde::Serialize;
 
 use crate::connect::ConnectError;
-use crate::imap::Session;
+use crate::imap::{Fetched, Session};
 use crate::model::Mailbox;
 use crate::parse::parse;
-use crate::store::{CopyRef, FolderState, Role, Stored, store, user_addresses};
+use crate::store::{FolderState, Incoming, Role, StoreError, Stored, store_batch, user_addresses};
 
 /// Where a pass stands, for progress bars.
 #[derive(Clone, Debug)]
@@ -75,6 +75,18 @@ pub struct SyncReport {
     pub seen: usize,
 }
 
+impl SyncReport {
+    fn add(&mut self, outcomes: Vec<Stored>) {
+        for outcome in outcomes {
+            match outcome {
+                Stored::New(_) => self.new += 1,
+                Stored::Known(_) => self.known += 1,
+                Stored::Seen(_) => self.seen += 1,
+            }
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SyncError {
@@ -82,6 +94,8 @@ pub enum SyncError {
     Connect(#[from] ConnectError),
     #[error(transparent)]
     Core(#[from] CoreError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 impl From<diesel::result::Error> for SyncError {
@@ -192,56 +206,55 @@ async fn sync_folder(
         }
     };
     report_progress(0);
-    for chunk in uids.chunks(options.batch.max(1)) {
-        let fetched = session.fetch(chunk).await?;
-        let max_attachment = options.max_attachment_bytes;
-        let parsed: Vec<_> = fetched
-            .iter()
-            .map(|f| parse(&f.raw, max_attachment))
-            .collect();
-        report.fetched += fetched.len();
-        let next = i64::from(chunk.last().copied().unwrap_or(from_uid)) + 1;
-        let (mailbox, folder, addresses) = (mailbox.clone(), folder.to_owned(), addresses.to_vec());
-        let highest_modseq = status.highest_modseq.and_then(|m| i64::try_from(m).ok());
-        let outcomes = db
-            .run(move |conn| {
-                conn.write(|conn| {
-                    let mut outcomes = Vec::with_capacity(fetched.len());
-                    for (message, parsed) in fetched.iter().zip(&parsed) {
-                        let copy = CopyRef {
-                            folder: &folder,
-                            role,
-                            uid_validity,
-                            uid: i64::from(message.uid),
-                        };
-                        outcomes.push(store(
-                            conn,
-                            &mailbox,
-                            copy,
-                            &message.raw,
-                            parsed,
-                            &addresses,
-                        )?);
-                    }
-                    FolderState {
-                        folder: folder.clone(),
-                        uid_validity,
-                        uid_next: next,
-                        highest_modseq,
-                    }
-                    .save(conn, mailbox.id, role)?;
-                    Ok::<_, CoreError>(outcomes)
+    let highest_modseq = status.highest_modseq.and_then(|m| i64::try_from(m).ok());
+    let max_attachment = options.max_attachment_bytes;
+    let store = |fetched: Vec<Fetched>, position: FolderState| {
+        let (mailbox, addresses) = (mailbox.clone(), addresses.to_vec());
+        db.run(move |conn| {
+            let parsed: Vec<_> = fetched
+                .iter()
+                .map(|f| parse(&f.raw, max_attachment))
+                .collect();
+            let messages: Vec<Incoming> = fetched
+                .iter()
+                .zip(&parsed)
+                .map(|(message, parsed)| Incoming {
+                    uid: i64::from(message.uid),
+                    raw: &message.raw,
+                    parsed,
                 })
-            })
-            .await?;
-        for outcome in outcomes {
-            match outcome {
-                Stored::New(_) => report.new += 1,
-                Stored::Known(_) => report.known += 1,
-                Stored::Seen(_) => report.seen += 1,
+                .collect();
+            store_batch(conn, &mailbox, role, &position, &messages, &addresses)
+                .map_err(SyncError::from)
+        })
+    };
+    // A batch is parsed and stored while the next one is fetched, so the mail server and the
+    // database work at the same time; batches still commit one after the other, in UID order.
+    let mut previous = None;
+    for chunk in uids.chunks(options.batch.max(1)) {
+        let fetch = session.fetch(chunk);
+        let fetched = match previous.take() {
+            Some((storing, count)) => {
+                let (fetched, outcomes) = tokio::join!(fetch, storing);
+                report.add(outcomes?);
+                done += count;
+                report_progress(done);
+                fetched?
             }
-        }
-        done += chunk.len();
+            None => fetch.await?,
+        };
+        report.fetched += fetched.len();
+        let position = FolderState {
+            folder: folder.to_owned(),
+            uid_validity,
+            uid_next: i64::from(chunk.last().copied().unwrap_or(from_uid)) + 1,
+            highest_modseq,
+        };
+        previous = Some((store(fetched, position), chunk.len()));
+    }
+    if let Some((storing, count)) = previous {
+        report.add(storing.await?);
+        done += count;
         report_progress(done);
     }
     // Nothing (more) to fetch: remember where the folder stands.
@@ -250,7 +263,7 @@ async fn sync_folder(
         uid_validity,
         uid_next: i64::from(status.uid_next)
             .max(uids.last().map(|u| i64::from(*u) + 1).unwrap_or(0)),
-        highest_modseq: status.highest_modseq.and_then(|m| i64::try_from(m).ok()),
+        highest_modseq,
     };
     db.run(move |conn| Ok::<_, CoreError>(caught_up.save(conn, mailbox_id, role)?))
         .await?;

@@ -1,7 +1,7 @@
 //! Sync against the loopback Dovecot, on both backends: first and incremental sync, the Sent
-//! folder, the same message in two mailboxes, a UIDVALIDITY change, resyncs — nothing twice;
-//! threads and deal links; the worker's watching tasks (IDLE, sync requests, Dovecot restarted
-//! mid-sync).
+//! folder, the same message in two mailboxes (also at the same moment), a UIDVALIDITY change,
+//! resyncs — nothing twice; threads and deal links, within a batch too; the worker's watching
+//! tasks (IDLE, sync requests, Dovecot restarted mid-sync).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,7 +11,9 @@ use herald_core::crypto::SecretKey;
 use herald_core::domain::Plan;
 use herald_core::identity::{Account, NewUser, User};
 use herald_mailbox::imap::Session;
+use herald_mailbox::parse::parse;
 use herald_mailbox::schema::{email_copies, emails};
+use herald_mailbox::store::{FolderState, Incoming, Role, StoreError, Stored, store_batch};
 use herald_mailbox::sync::{SyncOptions, sync_mailbox};
 use herald_mailbox::worker::{SyncerSettings, mark_sync_requested, run};
 use herald_mailbox::{Draft, Mailbox, MailboxInput};
@@ -368,6 +370,250 @@ async fn replies_join_the_deals_of_their_thread(test: TestDb) {
     f.cleanup().await;
 }
 
+/// A batch whose messages reply to each other is threaded as if they came one by one: the
+/// batch's own earlier messages are found by In-Reply-To and by subject, a duplicate is one
+/// email, and replies joining an older thread (directly or through a reply in the same batch)
+/// inherit its deal.
+async fn a_batch_threads_replies_to_its_own_messages(test: TestDb) {
+    let f = Fixture::new(test, "one-batch").await;
+    let mailbox = f.mailbox("bob", "received");
+    let tag = &f.tag;
+    let mut conn = f.test.connect();
+    let deal = <herald_core::records::Deal as herald_core::records::Record>::create(
+        &mut conn,
+        f.account.id,
+        &serde_json::from_value(serde_json::json!({"title": "Renewal"})).unwrap(),
+    )
+    .unwrap();
+    f.append(
+        "bob",
+        &f.folder,
+        format!("From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Renewal\r\nMessage-ID: <first-{tag}@acme.example>\r\n\r\nHi\r\n").as_bytes(),
+    )
+    .await;
+    let options = SyncOptions {
+        batch: 10,
+        ..f.options()
+    };
+    sync_mailbox(&f.test.db, &f.key, mailbox.id, &options)
+        .await
+        .unwrap();
+    let id = |prefix: &str| -> (i64, Option<i64>) {
+        emails::table
+            .filter(emails::message_id.like(format!("{prefix}-{tag}@%")))
+            .select((emails::id, emails::thread_id))
+            .first(&mut f.test.connect())
+            .unwrap()
+    };
+    herald_mailbox::store::link_deal(&mut conn, f.account.id, id("first").0, deal.id).unwrap();
+    let messages = [
+        format!(
+            "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Quarterly numbers\r\nMessage-ID: <root-{tag}@acme.example>\r\n\r\nNumbers\r\n"
+        ),
+        format!(
+            "From: bob@herald.test\r\nTo: ann@acme.example\r\nSubject: Re: Quarterly numbers\r\nMessage-ID: <reply-{tag}@herald.test>\r\n\
+             In-Reply-To: <root-{tag}@acme.example>\r\n\r\nThanks\r\n"
+        ),
+        format!(
+            "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: RE: quarterly numbers\r\nMessage-ID: <again-{tag}@acme.example>\r\n\r\nMore\r\n"
+        ),
+        // The same message again, as a second delivery: one email, two copies.
+        format!(
+            "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Quarterly numbers\r\nMessage-ID: <root-{tag}@acme.example>\r\n\r\nNumbers\r\n\r\n"
+        ),
+        format!(
+            "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Re: Renewal\r\nMessage-ID: <onrenewal-{tag}@acme.example>\r\n\
+             In-Reply-To: <first-{tag}@acme.example>\r\n\r\nSigned\r\n"
+        ),
+        format!(
+            "From: bob@herald.test\r\nTo: ann@acme.example\r\nSubject: Re: Renewal\r\nMessage-ID: <thanks-{tag}@herald.test>\r\n\
+             In-Reply-To: <onrenewal-{tag}@acme.example>\r\n\r\nGreat\r\n"
+        ),
+    ];
+    for raw in &messages {
+        f.append("bob", &f.folder, raw.as_bytes()).await;
+    }
+    let report = sync_mailbox(&f.test.db, &f.key, mailbox.id, &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.fetched, report.new, report.known, report.seen),
+        (6, 5, 1, 0),
+        "{report:?}"
+    );
+    let (root, root_thread) = id("root");
+    assert_eq!(root_thread, Some(root), "a thread of its own");
+    assert_eq!(id("reply").1, Some(root), "In-Reply-To, same batch");
+    assert_eq!(id("again").1, Some(root), "subject fallback, same batch");
+    let first = id("first");
+    assert_eq!(id("onrenewal").1, first.1, "an older thread");
+    assert_eq!(id("thanks").1, first.1, "through a reply of the same batch");
+    let mut on_deal: Vec<i64> = herald_mailbox::schema::email_deals::table
+        .filter(herald_mailbox::schema::email_deals::deal_id.eq(deal.id))
+        .select(herald_mailbox::schema::email_deals::email_id)
+        .load(&mut conn)
+        .unwrap();
+    on_deal.sort_unstable();
+    assert_eq!(on_deal, vec![first.0, id("onrenewal").0, id("thanks").0]);
+    // Forgotten positions: every copy is recognised, nothing is stored again.
+    herald_mailbox::store::FolderState::reset(&mut conn, mailbox.id).unwrap();
+    let again = sync_mailbox(&f.test.db, &f.key, mailbox.id, &options)
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.fetched, again.new, again.known, again.seen),
+        (7, 0, 0, 7),
+        "{again:?}"
+    );
+    f.cleanup().await;
+}
+
+/// Two mailboxes store the same message at the same moment: the second waits for the first's
+/// transaction (PostgreSQL's unique key, SQLite's write lock), finds the email stored, and only
+/// adds its copy; its reply in the same batch joins that email's thread.
+async fn a_message_stored_by_another_mailbox_at_the_same_moment_is_known(test: TestDb) {
+    let f = Fixture::new(test, "same-moment").await;
+    let alice = f.mailbox("alice", "received");
+    let bob = f.mailbox("bob", "received");
+    let tag = &f.tag;
+    let root = f.message(1, "Ann <ann@acme.example>");
+    let reply = format!(
+        "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Re: Message 1\r\nMessage-ID: <2-{tag}@crm.example>\r\n\
+         In-Reply-To: <1-{tag}@crm.example>\r\n\r\nReply\r\n"
+    )
+    .into_bytes();
+    let (parsed_root, parsed_reply) = (parse(&root, 1 << 20), parse(&reply, 1 << 20));
+    let position = FolderState {
+        folder: f.folder.clone(),
+        uid_validity: 1,
+        uid_next: 9,
+        highest_modseq: None,
+    };
+    let alone = [Incoming {
+        uid: 1,
+        raw: &root,
+        parsed: &parsed_root,
+    }];
+    let with_reply = [
+        Incoming {
+            uid: 7,
+            raw: &root,
+            parsed: &parsed_root,
+        },
+        Incoming {
+            uid: 8,
+            raw: &reply,
+            parsed: &parsed_reply,
+        },
+    ];
+    let (inserted, wait) = std::sync::mpsc::channel();
+    let (first, second) = std::thread::scope(|s| {
+        let first = s.spawn(|| {
+            f.test
+                .connect()
+                .write(|conn| {
+                    let stored = store_batch(conn, &alice, Role::Inbox, &position, &alone, &[])?;
+                    inserted.send(()).unwrap();
+                    // Uncommitted while the other mailbox stores the same message.
+                    std::thread::sleep(Duration::from_millis(500));
+                    Ok::<_, StoreError>(stored)
+                })
+                .unwrap()
+        });
+        wait.recv().unwrap();
+        let second = store_batch(
+            &mut f.test.connect(),
+            &bob,
+            Role::Inbox,
+            &position,
+            &with_reply,
+            &[],
+        )
+        .unwrap();
+        (first.join().unwrap(), second)
+    });
+    let [Stored::New(email)] = first[..] else {
+        panic!("{first:?}")
+    };
+    let [Stored::Known(known), Stored::New(answer)] = second[..] else {
+        panic!("{second:?}")
+    };
+    assert_eq!(known, email);
+    let thread: Option<i64> = emails::table
+        .find(answer)
+        .select(emails::thread_id)
+        .first(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(
+        thread,
+        Some(email),
+        "the reply joins the email the other mailbox stored"
+    );
+    assert_eq!((f.count(1), f.count(2)), (1, 1));
+    let copies: i64 = email_copies::table
+        .count()
+        .get_result(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(copies, 3);
+    f.cleanup().await;
+}
+
+/// Two mailboxes of the account holding the same mail sync at once: each message is one email,
+/// with a copy per mailbox, and replies sit in their parents' threads.
+async fn two_mailboxes_syncing_the_same_mail_at_once_store_it_once(test: TestDb) {
+    let f = Fixture::new(test, "at-once").await;
+    let alice = f.mailbox("alice", "received");
+    let bob = f.mailbox("bob", "received");
+    const MESSAGES: usize = 24;
+    let tag = &f.tag;
+    for n in 1..=MESSAGES {
+        // Every even message replies to the one before it.
+        let raw = if n % 2 == 0 {
+            format!(
+                "From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Re: Message {}\r\nMessage-ID: <{n}-{tag}@crm.example>\r\n\
+                 In-Reply-To: <{}-{tag}@crm.example>\r\n\r\nReply {n}\r\n",
+                n - 1,
+                n - 1
+            )
+            .into_bytes()
+        } else {
+            f.message(n, "Ann <ann@acme.example>")
+        };
+        f.append("alice", &f.folder, &raw).await;
+        f.append("bob", &f.folder, &raw).await;
+    }
+    let options = SyncOptions {
+        batch: 5,
+        ..f.options()
+    };
+    let (a, b) = tokio::join!(
+        sync_mailbox(&f.test.db, &f.key, alice.id, &options),
+        sync_mailbox(&f.test.db, &f.key, bob.id, &options)
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.new + b.new, MESSAGES, "{a:?} {b:?}");
+    assert_eq!(a.known + b.known, MESSAGES, "{a:?} {b:?}");
+    for n in 1..=MESSAGES {
+        assert_eq!(f.count(n), 1, "message {n}");
+    }
+    let copies: i64 = email_copies::table
+        .count()
+        .get_result(&mut f.test.connect())
+        .unwrap();
+    assert_eq!(copies, 2 * MESSAGES as i64, "one copy per mailbox");
+    let thread = |n: usize| -> Option<i64> {
+        emails::table
+            .filter(emails::message_id.eq(format!("{n}-{tag}@crm.example")))
+            .select(emails::thread_id)
+            .first(&mut f.test.connect())
+            .unwrap()
+    };
+    for n in (2..=MESSAGES).step_by(2) {
+        assert_eq!(thread(n), thread(n - 1), "reply {n}");
+    }
+    f.cleanup().await;
+}
+
 /// A watcher that only IDLE or a request can bring new mail to in time (no polling).
 fn watcher(f: &Fixture, options: SyncOptions) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let settings = SyncerSettings {
@@ -538,6 +784,9 @@ backend_tests!(
     replies_join_the_deals_of_their_thread,
     first_and_incremental_syncs_store_each_message_once,
     the_same_message_in_two_mailboxes_is_one_email,
+    a_batch_threads_replies_to_its_own_messages,
+    a_message_stored_by_another_mailbox_at_the_same_moment_is_known,
+    two_mailboxes_syncing_the_same_mail_at_once_store_it_once,
     a_uidvalidity_change_stores_nothing_twice,
     mail_in_the_sent_folder_is_sent_mail,
 );
