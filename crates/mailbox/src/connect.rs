@@ -334,17 +334,30 @@ pub(crate) fn smtp_failure(e: mail_send::Error) -> Failure {
 pub(crate) fn smtp_builder(
     settings: &ServerSettings,
 ) -> Result<mail_send::SmtpClientBuilder<String>, Failure> {
-    let mut builder = mail_send::SmtpClientBuilder::new(settings.host.clone(), settings.port)
-        .map_err(Failure::Tls)?
-        .implicit_tls(settings.security == Security::Tls)
-        .timeout(CONNECT_TIMEOUT)
-        .credentials((
-            settings.username.clone(),
-            settings.password.expose_secret().to_owned(),
-        ));
-    if !settings.verify_tls {
-        builder = builder.allow_invalid_certs();
+    // Built once per process: reading the system's trust store costs more than a send.
+    static VERIFYING: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
+    static ANY_CERT: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>> =
+        std::sync::OnceLock::new();
+    let connector = if settings.verify_tls {
+        &VERIFYING
+    } else {
+        &ANY_CERT
     }
+    .get_or_init(|| mail_send::smtp::tls::build_tls_connector(!settings.verify_tls))
+    .clone()
+    .map_err(Failure::Tls)?;
+    let builder = mail_send::SmtpClientBuilder::new_with_tls_connector(
+        settings.host.clone(),
+        settings.port,
+        connector,
+    )
+    .implicit_tls(settings.security == Security::Tls)
+    .timeout(CONNECT_TIMEOUT)
+    .credentials((
+        settings.username.clone(),
+        settings.password.expose_secret().to_owned(),
+    ));
     Ok(builder)
 }
 

@@ -361,9 +361,17 @@ async fn smtp_send(
     let message =
         mail_send::smtp::message::Message::new(from, recipients.iter().map(String::as_str), raw);
     match settings.security {
-        Security::None => converse(builder.connect_plain().await?, settings, message).await,
+        // No Nagle delay: mail-send writes the body and its final dot separately, and the
+        // server's delayed ACK would hold each message about 40 ms.
+        Security::None => {
+            let client = builder.connect_plain().await?;
+            let _ = client.stream.set_nodelay(true);
+            converse(client, settings, message).await
+        }
         Security::Tls | Security::Starttls => {
-            converse(builder.connect().await?, settings, message).await
+            let client = builder.connect().await?;
+            let _ = client.stream.get_ref().0.set_nodelay(true);
+            converse(client, settings, message).await
         }
     }
 }
