@@ -5,7 +5,14 @@
 //! `sent` is recorded, the job runs again and the message goes out twice (same Message-ID, which
 //! most clients collapse). Nothing else sends twice: the status and the token are checked and
 //! set in one transaction before the SMTP conversation starts.
+//!
+//! The writes of sends running at the same time are grouped ([`SendRecorder`]): the starts (and
+//! the outcomes) that arrive while one group is being written go into the next group's
+//! transaction, one savepoint each, so a burst costs a few commits instead of two per message.
+//! Messages go out over reused SMTP sessions ([`crate::smtp_pool`]).
 
+use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -17,8 +24,9 @@ use herald_core::time::now;
 use herald_core::{CoreError, Db, DbConnection};
 use mail_send::mail_builder::MessageBuilder;
 use mail_send::mail_builder::headers::address::Address;
+use tokio::sync::{mpsc, oneshot};
 
-use crate::connect::{Failure, Security, ServerSettings, smtp_builder, smtp_failure};
+use crate::connect::{Failure, smtp_failure};
 use crate::imap::Session;
 use crate::model::Mailbox;
 use crate::outbox::{SendEmail, header_text};
@@ -27,9 +35,6 @@ use crate::schema::{email_sends, emails};
 
 /// Name of the job that appends a sent copy to the Sent folder; the runtime registers it.
 pub const APPEND_SENT_JOB: &str = "append_sent_copy";
-
-/// How Herald introduces itself in EHLO (the connection check says the same).
-const EHLO_NAME: &str = "herald.localhost";
 
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct AppendSentCopy {
@@ -163,35 +168,36 @@ fn build_message(email: &Outgoing, from: &str, date: NaiveDateTime) -> Result<Ve
         .map_err(|e| CoreError::Unavailable(format!("building the message failed: {e}")))
 }
 
-/// Starts an attempt if the job is still the email's: `sending`, attempts + 1.
-fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, CoreError> {
+/// Starts an attempt if the job is still the email's: `sending`, attempts + 1. `mailboxes`
+/// holds the mailboxes already read by the same group of starts.
+fn start(
+    conn: &mut DbConnection,
+    job: &SendEmail,
+    mailboxes: &mut HashMap<i64, Mailbox>,
+) -> Result<Option<Attempt>, CoreError> {
     conn.write(|conn| {
-        let send: Option<(String, i32, String)> = email_sends::table
-            .find(job.email_id)
-            .select((email_sends::token, email_sends::attempts, email_sends::bcc))
-            .first(conn)
-            .optional()?;
-        let Some((token, attempts, bcc)) = send else {
-            return Ok(None);
-        };
-        let email: Option<Outgoing> = emails::table
-            .find(job.email_id)
+        let found: Option<((String, i32, String), Outgoing)> = email_sends::table
+            .inner_join(emails::table)
+            .filter(email_sends::email_id.eq(job.email_id))
             .select((
-                emails::account_id,
-                emails::status,
-                emails::mailbox_id,
-                emails::message_id,
-                emails::subject,
-                emails::from_name,
-                emails::participants,
-                emails::text_body,
-                emails::html_body,
-                emails::in_reply_to,
-                emails::message_references,
+                (email_sends::token, email_sends::attempts, email_sends::bcc),
+                (
+                    emails::account_id,
+                    emails::status,
+                    emails::mailbox_id,
+                    emails::message_id,
+                    emails::subject,
+                    emails::from_name,
+                    emails::participants,
+                    emails::text_body,
+                    emails::html_body,
+                    emails::in_reply_to,
+                    emails::message_references,
+                ),
             ))
             .first(conn)
             .optional()?;
-        let Some(email) = email else {
+        let Some(((token, attempts, bcc), email)) = found else {
             return Ok(None);
         };
         if token != job.token || !["scheduled", "sending"].contains(&email.status.as_str()) {
@@ -209,7 +215,12 @@ fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, Co
             ))
             .execute(conn)?;
         let mailbox = match email.mailbox_id {
-            Some(id) => Mailbox::find_any(conn, id).ok(),
+            Some(id) => match mailboxes.get(&id) {
+                Some(mailbox) => Some(mailbox.clone()),
+                None => Mailbox::find_any(conn, id).ok().inspect(|mailbox| {
+                    mailboxes.insert(id, mailbox.clone());
+                }),
+            },
             None => None,
         };
         let Some(mailbox) = mailbox else {
@@ -227,28 +238,28 @@ fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, Co
 }
 
 enum Outcome {
-    Sent { raw: Vec<u8>, save_copy: bool },
+    /// `raw` is kept only for the sent copy's APPEND.
+    Sent {
+        raw: Option<Vec<u8>>,
+    },
     Failed(String),
     Retrying(String),
 }
 
-/// Records an attempt's outcome, if the job is still the email's.
+/// Records an attempt's outcome, if the job is still the email's (its token in every WHERE).
 fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<(), CoreError> {
     conn.write(|conn| {
-        let current: Option<String> = email_sends::table
-            .find(job.email_id)
-            .select(email_sends::token)
-            .first(conn)
-            .optional()?;
-        if current.as_deref() != Some(job.token.as_str()) {
-            return Ok(());
-        }
         let at = now();
+        let this_send = email_sends::table
+            .filter(email_sends::email_id.eq(job.email_id))
+            .filter(email_sends::token.eq(&job.token));
+        // emails before email_sends, as everywhere: the same lock order as cancel and PATCH.
         let still_sending = emails::table
-            .find(job.email_id)
-            .filter(emails::status.eq("sending"));
+            .filter(emails::id.eq(job.email_id))
+            .filter(emails::status.eq("sending"))
+            .filter(diesel::dsl::exists(this_send));
         match outcome {
-            Outcome::Sent { raw, save_copy } => {
+            Outcome::Sent { raw } => {
                 diesel::update(still_sending)
                     .set((
                         emails::status.eq("sent"),
@@ -256,14 +267,14 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
                         emails::updated_at.eq(at),
                     ))
                     .execute(conn)?;
-                diesel::update(email_sends::table.find(job.email_id))
+                let updated = diesel::update(this_send)
                     .set((
                         email_sends::failure_reason.eq(None::<String>),
-                        email_sends::raw_message.eq(Some(STANDARD.encode(&raw))),
+                        email_sends::raw_message.eq(raw.as_ref().map(|raw| STANDARD.encode(raw))),
                         email_sends::updated_at.eq(at),
                     ))
                     .execute(conn)?;
-                if save_copy {
+                if updated == 1 && raw.is_some() {
                     let payload = serde_json::to_string(&AppendSentCopy {
                         email_id: job.email_id,
                     })
@@ -284,7 +295,7 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
                 diesel::update(still_sending)
                     .set((emails::status.eq("failed"), emails::updated_at.eq(at)))
                     .execute(conn)?;
-                diesel::update(email_sends::table.find(job.email_id))
+                diesel::update(this_send)
                     .set((
                         email_sends::failure_reason.eq(Some(reason)),
                         email_sends::updated_at.eq(at),
@@ -292,7 +303,7 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
                     .execute(conn)?;
             }
             Outcome::Retrying(reason) => {
-                diesel::update(email_sends::table.find(job.email_id))
+                diesel::update(this_send)
                     .set((
                         email_sends::failure_reason.eq(Some(format!("will try again: {reason}"))),
                         email_sends::updated_at.eq(at),
@@ -302,6 +313,130 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
         }
         Ok(())
     })
+}
+
+/// Most writes in one group: a burst's group stays a short transaction.
+const GROUP_MAX: usize = 256;
+
+enum Write {
+    Start(
+        SendEmail,
+        oneshot::Sender<Result<Option<Attempt>, CoreError>>,
+    ),
+    Finish(SendEmail, Outcome, oneshot::Sender<Result<(), CoreError>>),
+}
+
+enum Written {
+    Start(
+        oneshot::Sender<Result<Option<Attempt>, CoreError>>,
+        Box<Result<Option<Attempt>, CoreError>>,
+    ),
+    Finish(
+        oneshot::Sender<Result<(), CoreError>>,
+        Result<(), CoreError>,
+    ),
+}
+
+/// Writes the starts and outcomes of concurrent sends in shared transactions; cheap to clone.
+/// Its writer task starts with the first write, on the caller's runtime, and ends when the last
+/// clone is dropped.
+#[derive(Clone)]
+pub struct SendRecorder {
+    inner: Arc<RecorderInner>,
+}
+
+struct RecorderInner {
+    db: Db,
+    writes: OnceLock<mpsc::UnboundedSender<Write>>,
+}
+
+impl SendRecorder {
+    pub fn new(db: Db) -> Self {
+        SendRecorder {
+            inner: Arc::new(RecorderInner {
+                db,
+                writes: OnceLock::new(),
+            }),
+        }
+    }
+
+    fn queue(&self, write: Write) -> Result<(), CoreError> {
+        self.inner
+            .writes
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                tokio::spawn(write_groups(self.inner.db.clone(), rx));
+                tx
+            })
+            .send(write)
+            .map_err(|_| stopped())
+    }
+
+    async fn start(&self, job: &SendEmail) -> Result<Option<Attempt>, CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Write::Start(job.clone(), reply))?;
+        answer.await.map_err(|_| stopped())?
+    }
+
+    async fn finish(&self, job: &SendEmail, outcome: Outcome) -> Result<(), CoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue(Write::Finish(job.clone(), outcome, reply))?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> CoreError {
+    CoreError::Unavailable("the send's database write did not complete".into())
+}
+
+/// Takes whatever writes are waiting, up to [`GROUP_MAX`], and writes them in one transaction,
+/// each in a savepoint of its own; the writes that arrive meanwhile form the next group.
+async fn write_groups(db: Db, mut writes: mpsc::UnboundedReceiver<Write>) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    while writes.recv_many(&mut group, GROUP_MAX).await > 0 {
+        let taken = std::mem::take(&mut group);
+        metrics::histogram!("herald_send_write_group_size").record(taken.len() as f64);
+        // A pool failure drops the group: its senders see their reply channel closed.
+        let _ = db
+            .run(move |conn| {
+                write_group(conn, taken);
+                Ok::<_, CoreError>(())
+            })
+            .await;
+    }
+}
+
+fn write_group(conn: &mut DbConnection, group: Vec<Write>) {
+    let mut mailboxes = HashMap::new();
+    let mut written = Vec::with_capacity(group.len());
+    let committed = conn.write(|conn| {
+        for write in group {
+            written.push(match write {
+                Write::Start(job, reply) => {
+                    Written::Start(reply, Box::new(start(conn, &job, &mut mailboxes)))
+                }
+                Write::Finish(job, outcome, reply) => {
+                    Written::Finish(reply, finish(conn, &job, outcome))
+                }
+            });
+        }
+        Ok::<_, CoreError>(())
+    });
+    let failed = committed
+        .err()
+        .map(|e| format!("saving the send failed: {e}"));
+    for w in written {
+        match (w, &failed) {
+            (Written::Start(reply, result), None) => drop(reply.send(*result)),
+            (Written::Finish(reply, result), None) => drop(reply.send(result)),
+            (Written::Start(reply, _), Some(e)) => {
+                drop(reply.send(Err(CoreError::Unavailable(e.clone()))))
+            }
+            (Written::Finish(reply, _), Some(e)) => {
+                drop(reply.send(Err(CoreError::Unavailable(e.clone()))))
+            }
+        }
+    }
 }
 
 /// Whether a failure may pass, and what it means to a person.
@@ -344,72 +479,14 @@ fn classify(error: mail_send::Error) -> (bool, String) {
     }
 }
 
-/// One SMTP conversation: connect, authenticate, MAIL FROM, RCPT TO each, DATA, QUIT.
-async fn smtp_send(
-    settings: &ServerSettings,
-    from: &str,
-    recipients: &[String],
-    raw: &[u8],
-) -> Result<(), mail_send::Error> {
-    // EHLO and AUTH are ours: a relay that offers no AUTH (an internal MTA) is sent to without.
-    let builder = smtp_builder(settings)
-        .map_err(|f| match f {
-            Failure::Tls(_) => mail_send::Error::InvalidTLSName,
-            _ => mail_send::Error::MissingCredentials,
-        })?
-        .say_ehlo(false);
-    let message =
-        mail_send::smtp::message::Message::new(from, recipients.iter().map(String::as_str), raw);
-    match settings.security {
-        // No Nagle delay: mail-send writes the body and its final dot separately, and the
-        // server's delayed ACK would hold each message about 40 ms.
-        Security::None => {
-            let client = builder.connect_plain().await?;
-            let _ = client.stream.set_nodelay(true);
-            converse(client, settings, message).await
-        }
-        Security::Tls | Security::Starttls => {
-            let client = builder.connect().await?;
-            let _ = client.stream.get_ref().0.set_nodelay(true);
-            converse(client, settings, message).await
-        }
-    }
-}
-
-async fn converse<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static>(
-    mut client: mail_send::SmtpClient<T>,
-    settings: &ServerSettings,
-    message: mail_send::smtp::message::Message<'_>,
-) -> Result<(), mail_send::Error> {
-    let capabilities = client.capabilities(EHLO_NAME, false).await?;
-    if capabilities.auth_mechanisms != 0 {
-        let credentials = mail_send::Credentials::new(
-            settings.username.clone(),
-            secrecy::ExposeSecret::expose_secret(&settings.password).to_owned(),
-        );
-        client.authenticate(&credentials, &capabilities).await?;
-    }
-    client.send(message).await?;
-    // The message is accepted: the outcome is recorded without waiting for QUIT's answer, which
-    // narrows the window in which a crash leads to a second send.
-    tokio::spawn(async move {
-        let _ = client.quit().await;
-    });
-    Ok(())
-}
-
 /// Runs one attempt of a send job.
 pub async fn deliver(
-    db: &Db,
+    recorder: &SendRecorder,
     key: &SecretKey,
     job: &SendEmail,
     settings: &DeliverSettings,
 ) -> Result<Delivered, CoreError> {
-    let started = {
-        let job = job.clone();
-        db.run(move |conn| start(conn, &job)).await?
-    };
-    let Some(attempt) = started else {
+    let Some(attempt) = recorder.start(job).await? else {
         return Ok(Delivered::Skipped);
     };
     let Some(smtp) = attempt
@@ -418,8 +495,9 @@ pub async fn deliver(
         .filter(|_| attempt.mailbox.sending_enabled)
     else {
         let reason = format!("sending is not enabled on {}", attempt.mailbox.address);
-        let (job, outcome) = (job.clone(), Outcome::Failed(reason.clone()));
-        db.run(move |conn| finish(conn, &job, outcome)).await?;
+        recorder
+            .finish(job, Outcome::Failed(reason.clone()))
+            .await?;
         return Ok(Delivered::Failed(reason));
     };
     let raw = build_message(&attempt.email, &attempt.mailbox.address, now())?;
@@ -434,15 +512,14 @@ pub async fn deliver(
         .collect();
     let result = tokio::time::timeout(
         settings.timeout,
-        smtp_send(&smtp, &attempt.mailbox.address, &envelope, &raw),
+        crate::smtp_pool::send(&smtp, &attempt.mailbox.address, &envelope, &raw),
     )
     .await
     .unwrap_or(Err(mail_send::Error::Timeout));
     let (outcome, delivered) = match result {
         Ok(()) => (
             Outcome::Sent {
-                raw,
-                save_copy: attempt.mailbox.save_sent_copy,
+                raw: attempt.mailbox.save_sent_copy.then_some(raw),
             },
             Delivered::Sent,
         ),
@@ -468,8 +545,7 @@ pub async fn deliver(
             }
         }
     };
-    let job = job.clone();
-    db.run(move |conn| finish(conn, &job, outcome)).await?;
+    recorder.finish(job, outcome).await?;
     metrics::counter!("herald_emails_sent_total", "outcome" => match &delivered {
         Delivered::Sent => "sent",
         Delivered::Failed(_) => "failed",

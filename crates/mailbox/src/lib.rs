@@ -9,6 +9,7 @@ pub mod outbox;
 pub mod parse;
 pub mod plan;
 pub mod schema;
+pub mod smtp_pool;
 pub mod store;
 pub mod sync;
 pub mod worker;

@@ -423,12 +423,7 @@ async fn main() {
 
     // The runner as `herald_runtime::job_runner` builds it from `[queue]`, with the send job
     // metered. Nothing else is queued: no mailbox syncer, no housekeeping.
-    let context = JobContext {
-        db: db.clone(),
-        config: config.clone(),
-        secret_key: key.clone(),
-        waker: QueueWaker::new(),
-    };
+    let context = JobContext::new(db.clone(), config.clone(), key.clone(), QueueWaker::new());
     let runner = Runner::builder(db.clone(), context.clone())
         .register::<MeteredSend>()
         .settings(RunnerSettings::from(&config.queue))

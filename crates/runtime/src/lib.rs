@@ -23,6 +23,20 @@ pub struct JobContext {
     pub config: Arc<Config>,
     pub secret_key: SecretKey,
     pub waker: QueueWaker,
+    /// Groups the database writes of concurrent email sends.
+    pub sends: herald_mailbox::deliver::SendRecorder,
+}
+
+impl JobContext {
+    pub fn new(db: Db, config: Arc<Config>, secret_key: SecretKey, waker: QueueWaker) -> Self {
+        JobContext {
+            sends: herald_mailbox::deliver::SendRecorder::new(db.clone()),
+            db,
+            config,
+            secret_key,
+            waker,
+        }
+    }
 }
 
 /// Loads the config from the optional TOML file and `HERALD_*`.
@@ -103,12 +117,12 @@ impl Started {
     pub fn job_runner(&self, waker: QueueWaker) -> anyhow::Result<Runner<JobContext>> {
         let mut conn = self.db.get()?;
         maintenance::PurgeIdempotencyKeys::ensure_scheduled(&mut conn, herald_core::time::now())?;
-        Ok(job_runner(JobContext {
-            db: self.db.clone(),
-            config: self.config.clone(),
-            secret_key: self.secret_key.clone(),
+        Ok(job_runner(JobContext::new(
+            self.db.clone(),
+            self.config.clone(),
+            self.secret_key.clone(),
             waker,
-        }))
+        )))
     }
 }
 

@@ -44,12 +44,12 @@ async fn a_requested_sync_runs_in_the_worker(test: TestDb) {
     conn.write(|conn| herald_mailbox::worker::request_sync(conn, &owner, mailbox.id))
         .unwrap();
 
-    let context = JobContext {
-        db: test.db.clone(),
-        config: Arc::new(herald_core::Config::default()),
-        secret_key: key,
-        waker: QueueWaker::new(),
-    };
+    let context = JobContext::new(
+        test.db.clone(),
+        Arc::new(herald_core::Config::default()),
+        key,
+        QueueWaker::new(),
+    );
     let stats = job_runner(context).run_until_empty().await;
     assert_eq!((stats.succeeded, stats.dead), (1, 0));
     let state: String = herald_mailbox::schema::mailboxes::table

@@ -261,12 +261,12 @@ impl Harness {
     }
 
     async fn work(&self) {
-        let context = JobContext {
-            db: self.test.db.clone(),
-            config: Arc::new(self.config.clone()),
-            secret_key: self.key.clone(),
-            waker: QueueWaker::new(),
-        };
+        let context = JobContext::new(
+            self.test.db.clone(),
+            Arc::new(self.config.clone()),
+            self.key.clone(),
+            QueueWaker::new(),
+        );
         job_runner(context).run_until_empty().await;
     }
 

@@ -1,7 +1,8 @@
 //! Sending through the job runner against real servers, on both backends: the full loop through
 //! Postfix into Dovecot with the Sent copy synced back once; Postfix's smtp-sink playing servers
 //! that answer 4xx or 5xx; retry, schedule, reschedule, cancel, send now and their refusals; a
-//! scheduled reply cancelled when the contact writes first.
+//! scheduled reply cancelled when the contact writes first; SMTP sessions kept between sends
+//! and replaced when the server dropped them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -126,12 +127,12 @@ impl Env {
     async fn work(&self) {
         let mut config = herald_core::Config::default();
         config.mail.send_retry_secs = 1;
-        let context = JobContext {
-            db: self.test.db.clone(),
-            config: Arc::new(config),
-            secret_key: self.key.clone(),
-            waker: QueueWaker::new(),
-        };
+        let context = JobContext::new(
+            self.test.db.clone(),
+            Arc::new(config),
+            self.key.clone(),
+            QueueWaker::new(),
+        );
         job_runner(context).run_until_empty().await;
     }
 
@@ -468,10 +469,61 @@ async fn a_scheduled_reply_is_cancelled_when_the_contact_writes_first(test: Test
     );
 }
 
+/// A TCP relay in front of `port` that counts the connections made through it.
+async fn counting_relay(port: u16) -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    let connections = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = connections.clone();
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    (relay_port, connections)
+}
+
+async fn smtp_sessions_are_kept_between_sends_and_replaced_when_dropped(test: TestDb) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let env_ = Env::new(test, "sessions");
+    let sink = Sink::start(None, &[]);
+    let (relay, connections) = counting_relay(sink.port).await;
+    env_.mailbox(("127.0.0.1".into(), relay, "none"), false);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let email = env_
+            .compose(json!({"subject": format!("Offer {} #{n}", env_.tag)}))
+            .unwrap();
+        let sent = env_.work_until(email.id, "sent").await;
+        ids.push(sent.message_id.unwrap());
+    }
+    for id in &ids {
+        assert_eq!(sink.received(id), 1);
+    }
+    assert_eq!(connections.load(SeqCst), 1, "three sends over one session");
+
+    // The server goes away with the session idle: the next send notices before sending anything
+    // and goes out on a new session, in its first attempt.
+    let port = sink.port;
+    drop(sink);
+    let sink = Sink::start(Some(port), &[]);
+    let email = env_.compose(json!({})).unwrap();
+    let sent = env_.work_until(email.id, "sent").await;
+    assert_eq!(sent.send_attempts, Some(1), "{sent:?}");
+    assert_eq!(sink.received(&sent.message_id.unwrap()), 1);
+    assert_eq!(connections.load(SeqCst), 2);
+}
+
 backend_tests!(
     an_email_goes_through_the_mta_and_its_sent_copy_syncs_back_once,
     a_temporary_failure_is_retried_until_it_goes_through,
     a_permanent_failure_fails_at_once_and_a_retry_really_sends,
     scheduled_emails_wait_and_can_be_rescheduled_cancelled_or_sent_now,
     a_scheduled_reply_is_cancelled_when_the_contact_writes_first,
+    smtp_sessions_are_kept_between_sends_and_replaced_when_dropped,
 );

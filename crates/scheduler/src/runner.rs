@@ -422,7 +422,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                 let claimed = self.claim(&worker, free as i64).await;
                 maybe_due = claimed.len() == free;
                 if !maybe_due {
-                    next_poll = tokio::time::Instant::now() + settings.poll_interval;
+                    next_poll = self.next_poll().await;
                 }
                 if !claimed.is_empty() {
                     // A fresh lease: the renewal clock starts now, not at the last renewal
@@ -470,11 +470,12 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
                     return stats;
                 }
                 if !maybe_due {
-                    // Idle: wait for a wake-up (an enqueue here, or NOTIFY) or the next poll.
+                    // Idle: wait for a wake-up (an enqueue here, or NOTIFY), the earliest queued
+                    // job's time or the next poll.
                     tokio::select! {
                         _ = shutdown.cancelled() => {}
                         _ = wake_ups.changed() => {}
-                        _ = tokio::time::sleep(settings.poll_interval) => {}
+                        _ = tokio::time::sleep_until(next_poll) => {}
                     }
                     maybe_due = true;
                 }
@@ -567,6 +568,31 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
     }
 
     /// Claims up to `limit` due jobs; none when the database cannot be reached (logged).
+    /// The next time to look for due jobs: the poll interval from now, or sooner when a queued
+    /// job is due before that (a scheduled send goes out at its second, not up to a poll late).
+    async fn next_poll(&self) -> tokio::time::Instant {
+        let poll = self.inner.settings.poll_interval;
+        let job_types = self.inner.job_types.clone();
+        let next = self
+            .inner
+            .db
+            .run(move |conn| {
+                Ok::<_, herald_core::CoreError>(storage::next_run_at(conn, &job_types)?)
+            })
+            .await;
+        let until_due = match next {
+            Ok(Some(run_at)) => (run_at - now()).to_std().unwrap_or(Duration::ZERO),
+            // A failed look is the claim's problem; poll as usual.
+            Ok(None) | Err(_) => poll,
+        };
+        // At least a moment: a due job another worker is claiming right now must not spin this loop.
+        tokio::time::Instant::now()
+            + until_due.clamp(
+                Duration::from_millis(10),
+                poll.max(Duration::from_millis(10)),
+            )
+    }
+
     async fn claim(&self, worker: &str, limit: i64) -> Vec<ClaimedJob> {
         let lease = TimeDelta::from_std(self.inner.settings.lease).unwrap_or(TimeDelta::minutes(5));
         let job_types = self.inner.job_types.clone();

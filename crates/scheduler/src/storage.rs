@@ -176,6 +176,21 @@ pub fn claim(
     Ok(claimed)
 }
 
+/// When the earliest queued job of these types is due (it may be now or past): the runner sleeps
+/// until then rather than a whole poll interval.
+pub fn next_run_at(
+    conn: &mut DbConnection,
+    job_types: &[&str],
+) -> QueryResult<Option<NaiveDateTime>> {
+    jobs::table
+        .filter(jobs::status.eq(QUEUED))
+        .filter(jobs::job_type.eq_any(job_types))
+        .order((jobs::run_at, jobs::id))
+        .select(jobs::run_at)
+        .first(conn)
+        .optional()
+}
+
 /// Deletes finished jobs still held by `worker`; returns how many were.
 pub fn ack(conn: &mut DbConnection, worker: &str, ids: &[i64]) -> QueryResult<usize> {
     if ids.is_empty() {

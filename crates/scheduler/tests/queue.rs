@@ -445,6 +445,26 @@ async fn an_enqueue_in_this_process_wakes_idle_workers(test: TestDb) {
     handle.await.unwrap();
 }
 
+/// A job due in a moment runs at its time, though nothing wakes the runner and its poll interval
+/// is a minute: the runner sleeps until the earliest queued job's `run_at`.
+async fn a_job_due_soon_runs_at_its_time_not_a_poll_later(test: TestDb) {
+    let due = now() + TimeDelta::milliseconds(1_500);
+    Probe {
+        n: 1,
+        behaviour: Behaviour::Succeed,
+    }
+    .enqueue_at(&mut test.connect(), due)
+    .unwrap();
+    let ctx = Ctx::default();
+    let (token, handle) = spawn_runner(&runner(&test, ctx.clone(), sleepy_settings()));
+    assert!(
+        runs_within(&ctx, 1, Duration::from_secs(20)).await,
+        "run at its time, not after the minute's poll"
+    );
+    token.cancel();
+    handle.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_enqueued_by_another_process_wakes_idle_workers_on_postgres() {
     let test = TestDb::postgres();
@@ -608,6 +628,7 @@ backend_tests!(
     a_worker_that_loses_its_lease_stops_the_job,
     expired_leases_are_recovered_while_workers_are_busy,
     an_enqueue_in_this_process_wakes_idle_workers,
+    a_job_due_soon_runs_at_its_time_not_a_poll_later,
     batch_enqueue_stores_every_job_across_chunks,
     claimed_job_is_invisible_to_other_workers,
     job_is_not_claimed_before_its_run_at,
