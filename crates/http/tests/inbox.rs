@@ -7,6 +7,7 @@
 
 mod support;
 
+use diesel::{QueryDsl, RunQueryDsl};
 use herald_testdb::{TestDb, backend_tests};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -438,9 +439,88 @@ async fn views_assignment_availability_close_and_reopen(test: TestDb) {
     );
 }
 
+/// The counts the database keeps follow every way a conversation moves between views: arrival,
+/// assignment, close, deletion, and its assignee's deletion; each count is its view's length.
+async fn view_counts_follow_every_change(test: TestDb) {
+    let app = TestApp::spawn(test).await;
+    let me = app.login("counts", "admin");
+    let colleague = app.add_user(me.account_id, "colleague@counts.example.com", "member");
+    let channel = twilio_channel(&app, &me).await;
+    for n in 1..=4 {
+        let form = twilio_form(&format!("SM{n}"), &format!("whatsapp:+1555000000{n}"), "hi");
+        assert_eq!(
+            post_twilio(&app, &channel, &form, None).await,
+            StatusCode::OK
+        );
+    }
+    let ids: Vec<i64> = view(&app, &me, "all").await["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_i64().unwrap())
+        .collect();
+    let path = |id: i64| format!("/api/v1/conversations/{id}");
+    for (id, assignee) in [(ids[0], colleague.user_id), (ids[1], me.user_id)] {
+        let (status, body) = app
+            .send(
+                reqwest::Method::PUT,
+                &me,
+                &format!("{}/assignee", path(id)),
+                Some(json!({"assignee_id": assignee})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, _) = app
+        .post(&me, &format!("{}/close", path(ids[2])), json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let check = async |expected: [(&str, usize); 5]| {
+        for (name, n) in expected {
+            let page = view(&app, &me, name).await;
+            assert_eq!(page["counts"][name], n, "{name}: {page}");
+            assert_eq!(page["items"].as_array().unwrap().len(), n, "{name}: {page}");
+        }
+    };
+    check([
+        ("all", 4),
+        ("mine", 1),
+        ("unassigned", 1),
+        ("others", 1),
+        ("closed", 1),
+    ])
+    .await;
+
+    // The colleague leaves: their conversation is unassigned again.
+    diesel::delete(herald_core::schema::users::table.find(colleague.user_id))
+        .execute(&mut app.test.connect())
+        .unwrap();
+    check([
+        ("all", 4),
+        ("mine", 1),
+        ("unassigned", 2),
+        ("others", 0),
+        ("closed", 1),
+    ])
+    .await;
+
+    let (status, _) = app.delete(&me, &path(ids[1])).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    check([
+        ("all", 3),
+        ("mine", 0),
+        ("unassigned", 2),
+        ("others", 0),
+        ("closed", 1),
+    ])
+    .await;
+}
+
 backend_tests!(
     twilio_messages_are_checked_stored_once_and_threaded_per_contact,
     concurrent_webhooks_for_one_contact_make_one_conversation,
     messenger_handshake_and_signed_events,
     views_assignment_availability_close_and_reopen,
+    view_counts_follow_every_change,
 );

@@ -12,7 +12,7 @@ use herald_core::{CoreError, CoreResult, DbConnection};
 use serde::Serialize;
 
 use crate::inbound::Media;
-use crate::schema::{conversation_events, conversations, messages};
+use crate::schema::{conversation_counts, conversation_events, conversations, messages};
 
 /// `GET /api/v1/conversations?view=`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -222,12 +222,43 @@ fn in_view(viewer: &User, view: View) -> Boxed<'static> {
     }
 }
 
-/// How many conversations each view holds for the viewer.
+/// Whether a conversation with this status and assignee is in the viewer's view (the same
+/// rules as [`in_view`], for the kept counts).
+fn holds(view: View, viewer: &User, status: &str, assignee: Option<i64>) -> bool {
+    let open = status == "open";
+    match view {
+        View::Mine => open && assignee == Some(viewer.id),
+        View::Unassigned => open && assignee.is_none(),
+        View::Others => open && assignee.is_some_and(|a| a != viewer.id),
+        View::Closed => status == "closed",
+        View::All => true,
+    }
+}
+
+/// How many conversations each view holds for the viewer, from the counts the database keeps
+/// (a handful of rows per account, not a count over its conversations).
 pub fn counts(conn: &mut DbConnection, viewer: &User) -> CoreResult<Vec<(View, i64)>> {
-    View::ALL
+    let kept: Vec<(String, i64, i64)> = conversation_counts::table
+        .filter(conversation_counts::account_id.eq(viewer.account_id))
+        .select((
+            conversation_counts::status,
+            conversation_counts::assignee_id,
+            conversation_counts::n,
+        ))
+        .load(conn)?;
+    Ok(View::ALL
         .into_iter()
-        .map(|view| Ok((view, in_view(viewer, view).count().get_result(conn)?)))
-        .collect()
+        .map(|view| {
+            let n = kept
+                .iter()
+                .filter(|(status, assignee, _)| {
+                    holds(view, viewer, status, Some(*assignee).filter(|a| *a != 0))
+                })
+                .map(|(_, _, n)| n)
+                .sum();
+            (view, n)
+        })
+        .collect())
 }
 
 /// A view, newest activity first; the cursor is the last item's (time, id).

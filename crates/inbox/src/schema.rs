@@ -67,6 +67,17 @@ diesel::table! {
     }
 }
 
+diesel::table! {
+    /// Kept by triggers (migration 000008): conversations per account, status and assignee
+    /// (0: unassigned).
+    conversation_counts (account_id, status, assignee_id) {
+        account_id -> BigInt,
+        status -> Text,
+        assignee_id -> BigInt,
+        n -> BigInt,
+    }
+}
+
 diesel::joinable!(conversations -> channels (channel_id));
 diesel::joinable!(messages -> conversations (conversation_id));
 diesel::joinable!(conversation_events -> conversations (conversation_id));
