@@ -403,6 +403,7 @@ pub type PooledConnection = r2d2::PooledConnection<ConnectionManager>;
 pub struct Db {
     pool: r2d2::Pool<ConnectionManager>,
     url: Arc<DatabaseUrl>,
+    groups: Arc<crate::write_groups::WriteGroups>,
 }
 
 impl fmt::Debug for Db {
@@ -437,7 +438,22 @@ impl Db {
         Ok(Db {
             pool,
             url: Arc::new(url.clone()),
+            groups: Arc::default(),
         })
+    }
+
+    pub(crate) fn groups(&self) -> &crate::write_groups::WriteGroups {
+        &self.groups
+    }
+
+    /// The same pool without the grouped writers' queue (the writers' own handle: holding the
+    /// queue would keep it open for ever).
+    pub(crate) fn without_groups(&self) -> Db {
+        Db {
+            pool: self.pool.clone(),
+            url: self.url.clone(),
+            groups: Arc::default(),
+        }
     }
 
     pub fn url(&self) -> &DatabaseUrl {

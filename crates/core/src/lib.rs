@@ -13,6 +13,7 @@ pub mod records;
 pub mod schema;
 pub mod time;
 pub mod timeline;
+mod write_groups;
 
 pub use config::Config;
 pub use db::{BackendKind, DatabaseUrl, Db, DbConnection};

@@ -353,8 +353,59 @@ async fn a_write_inside_a_transaction_is_a_savepoint(test: TestDb) {
     assert_eq!(names, vec!["Outer"], "the inner write rolled back alone");
 }
 
+/// Grouped writes made at the same time: each gets its own result, one that fails is rolled back
+/// alone, and every one that succeeded is committed.
+async fn grouped_writes_commit_together_and_fail_alone(test: TestDb) {
+    let account = Account::create(&mut test.connect(), "grouped", Plan::Base).unwrap();
+    let writes: Vec<_> = (0..40)
+        .map(|n| {
+            let db = test.db.clone();
+            tokio::spawn(async move {
+                db.write_grouped(move |conn| {
+                    let user = User::create(
+                        conn,
+                        account.id,
+                        &NewUser {
+                            // Every tenth one repeats an address taken before it: a conflict.
+                            email: format!(
+                                "user{}@grouped.example.com",
+                                if n % 10 == 9 { n - 1 } else { n }
+                            ),
+                            name: format!("User {n}"),
+                            role: None,
+                        },
+                    )?;
+                    Ok::<_, CoreError>(user.id)
+                })
+                .await
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for write in writes {
+        results.push(write.await.unwrap());
+    }
+    let failed = results.iter().filter(|r| r.is_err()).count();
+    assert_eq!(failed, 4, "{results:?}");
+    let stored = User::list(
+        &mut test.connect(),
+        account.id,
+        PageRequest {
+            limit: 100,
+            before_id: None,
+        },
+    )
+    .unwrap()
+    .items;
+    assert_eq!(stored.len(), 36);
+    for id in results.into_iter().flatten() {
+        assert!(stored.iter().any(|u| u.id == id), "user {id} was committed");
+    }
+}
+
 backend_tests!(
     a_write_inside_a_transaction_is_a_savepoint,
+    grouped_writes_commit_together_and_fail_alone,
     migrations_run_up_down_and_up_again,
     records_of_another_account_are_not_found,
     person_fields_round_trip_and_patch_keeps_what_it_does_not_name,

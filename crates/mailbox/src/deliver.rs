@@ -6,13 +6,11 @@
 //! most clients collapse). Nothing else sends twice: the status and the token are checked and
 //! set in one transaction before the SMTP conversation starts.
 //!
-//! The writes of sends running at the same time are grouped ([`SendRecorder`]): the starts (and
-//! the outcomes) that arrive while one group is being written go into the next group's
-//! transaction, one savepoint each, so a burst costs a few commits instead of two per message.
-//! Messages go out over reused SMTP sessions ([`crate::smtp_pool`]).
+//! The start and the outcome of a send are grouped writes ([`Db::write_grouped`]): those of
+//! sends running at the same time share transactions, a savepoint each, so a burst costs a few
+//! commits instead of two per message. Messages go out over reused SMTP sessions
+//! ([`crate::smtp_pool`]).
 
-use std::collections::HashMap;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -24,7 +22,6 @@ use herald_core::time::now;
 use herald_core::{CoreError, Db, DbConnection};
 use mail_send::mail_builder::MessageBuilder;
 use mail_send::mail_builder::headers::address::Address;
-use tokio::sync::{mpsc, oneshot};
 
 use crate::connect::{Failure, smtp_failure};
 use crate::imap::Session;
@@ -168,13 +165,8 @@ fn build_message(email: &Outgoing, from: &str, date: NaiveDateTime) -> Result<Ve
         .map_err(|e| CoreError::Unavailable(format!("building the message failed: {e}")))
 }
 
-/// Starts an attempt if the job is still the email's: `sending`, attempts + 1. `mailboxes`
-/// holds the mailboxes already read by the same group of starts.
-fn start(
-    conn: &mut DbConnection,
-    job: &SendEmail,
-    mailboxes: &mut HashMap<i64, Mailbox>,
-) -> Result<Option<Attempt>, CoreError> {
+/// Starts an attempt if the job is still the email's: `sending`, attempts + 1.
+fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, CoreError> {
     conn.write(|conn| {
         let found: Option<((String, i32, String), Outgoing)> = email_sends::table
             .inner_join(emails::table)
@@ -215,12 +207,7 @@ fn start(
             ))
             .execute(conn)?;
         let mailbox = match email.mailbox_id {
-            Some(id) => match mailboxes.get(&id) {
-                Some(mailbox) => Some(mailbox.clone()),
-                None => Mailbox::find_any(conn, id).ok().inspect(|mailbox| {
-                    mailboxes.insert(id, mailbox.clone());
-                }),
-            },
+            Some(id) => Mailbox::find_any(conn, id).ok(),
             None => None,
         };
         let Some(mailbox) = mailbox else {
@@ -315,130 +302,6 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
     })
 }
 
-/// Most writes in one group: a burst's group stays a short transaction.
-const GROUP_MAX: usize = 256;
-
-enum Write {
-    Start(
-        SendEmail,
-        oneshot::Sender<Result<Option<Attempt>, CoreError>>,
-    ),
-    Finish(SendEmail, Outcome, oneshot::Sender<Result<(), CoreError>>),
-}
-
-enum Written {
-    Start(
-        oneshot::Sender<Result<Option<Attempt>, CoreError>>,
-        Box<Result<Option<Attempt>, CoreError>>,
-    ),
-    Finish(
-        oneshot::Sender<Result<(), CoreError>>,
-        Result<(), CoreError>,
-    ),
-}
-
-/// Writes the starts and outcomes of concurrent sends in shared transactions; cheap to clone.
-/// Its writer task starts with the first write, on the caller's runtime, and ends when the last
-/// clone is dropped.
-#[derive(Clone)]
-pub struct SendRecorder {
-    inner: Arc<RecorderInner>,
-}
-
-struct RecorderInner {
-    db: Db,
-    writes: OnceLock<mpsc::UnboundedSender<Write>>,
-}
-
-impl SendRecorder {
-    pub fn new(db: Db) -> Self {
-        SendRecorder {
-            inner: Arc::new(RecorderInner {
-                db,
-                writes: OnceLock::new(),
-            }),
-        }
-    }
-
-    fn queue(&self, write: Write) -> Result<(), CoreError> {
-        self.inner
-            .writes
-            .get_or_init(|| {
-                let (tx, rx) = mpsc::unbounded_channel();
-                tokio::spawn(write_groups(self.inner.db.clone(), rx));
-                tx
-            })
-            .send(write)
-            .map_err(|_| stopped())
-    }
-
-    async fn start(&self, job: &SendEmail) -> Result<Option<Attempt>, CoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue(Write::Start(job.clone(), reply))?;
-        answer.await.map_err(|_| stopped())?
-    }
-
-    async fn finish(&self, job: &SendEmail, outcome: Outcome) -> Result<(), CoreError> {
-        let (reply, answer) = oneshot::channel();
-        self.queue(Write::Finish(job.clone(), outcome, reply))?;
-        answer.await.map_err(|_| stopped())?
-    }
-}
-
-fn stopped() -> CoreError {
-    CoreError::Unavailable("the send's database write did not complete".into())
-}
-
-/// Takes whatever writes are waiting, up to [`GROUP_MAX`], and writes them in one transaction,
-/// each in a savepoint of its own; the writes that arrive meanwhile form the next group.
-async fn write_groups(db: Db, mut writes: mpsc::UnboundedReceiver<Write>) {
-    let mut group = Vec::with_capacity(GROUP_MAX);
-    while writes.recv_many(&mut group, GROUP_MAX).await > 0 {
-        let taken = std::mem::take(&mut group);
-        metrics::histogram!("herald_send_write_group_size").record(taken.len() as f64);
-        // A pool failure drops the group: its senders see their reply channel closed.
-        let _ = db
-            .run(move |conn| {
-                write_group(conn, taken);
-                Ok::<_, CoreError>(())
-            })
-            .await;
-    }
-}
-
-fn write_group(conn: &mut DbConnection, group: Vec<Write>) {
-    let mut mailboxes = HashMap::new();
-    let mut written = Vec::with_capacity(group.len());
-    let committed = conn.write(|conn| {
-        for write in group {
-            written.push(match write {
-                Write::Start(job, reply) => {
-                    Written::Start(reply, Box::new(start(conn, &job, &mut mailboxes)))
-                }
-                Write::Finish(job, outcome, reply) => {
-                    Written::Finish(reply, finish(conn, &job, outcome))
-                }
-            });
-        }
-        Ok::<_, CoreError>(())
-    });
-    let failed = committed
-        .err()
-        .map(|e| format!("saving the send failed: {e}"));
-    for w in written {
-        match (w, &failed) {
-            (Written::Start(reply, result), None) => drop(reply.send(*result)),
-            (Written::Finish(reply, result), None) => drop(reply.send(result)),
-            (Written::Start(reply, _), Some(e)) => {
-                drop(reply.send(Err(CoreError::Unavailable(e.clone()))))
-            }
-            (Written::Finish(reply, _), Some(e)) => {
-                drop(reply.send(Err(CoreError::Unavailable(e.clone()))))
-            }
-        }
-    }
-}
-
 /// Whether a failure may pass, and what it means to a person.
 fn classify(error: mail_send::Error) -> (bool, String) {
     match error {
@@ -481,12 +344,16 @@ fn classify(error: mail_send::Error) -> (bool, String) {
 
 /// Runs one attempt of a send job.
 pub async fn deliver(
-    recorder: &SendRecorder,
+    db: &Db,
     key: &SecretKey,
     job: &SendEmail,
     settings: &DeliverSettings,
 ) -> Result<Delivered, CoreError> {
-    let Some(attempt) = recorder.start(job).await? else {
+    let started = {
+        let job = job.clone();
+        db.write_grouped(move |conn| start(conn, &job)).await?
+    };
+    let Some(attempt) = started else {
         return Ok(Delivered::Skipped);
     };
     let Some(smtp) = attempt
@@ -495,8 +362,8 @@ pub async fn deliver(
         .filter(|_| attempt.mailbox.sending_enabled)
     else {
         let reason = format!("sending is not enabled on {}", attempt.mailbox.address);
-        recorder
-            .finish(job, Outcome::Failed(reason.clone()))
+        let (job, outcome) = (job.clone(), Outcome::Failed(reason.clone()));
+        db.write_grouped(move |conn| finish(conn, &job, outcome))
             .await?;
         return Ok(Delivered::Failed(reason));
     };
@@ -545,7 +412,9 @@ pub async fn deliver(
             }
         }
     };
-    recorder.finish(job, outcome).await?;
+    let job = job.clone();
+    db.write_grouped(move |conn| finish(conn, &job, outcome))
+        .await?;
     metrics::counter!("herald_emails_sent_total", "outcome" => match &delivered {
         Delivered::Sent => "sent",
         Delivered::Failed(_) => "failed",

@@ -23,14 +23,11 @@ pub struct JobContext {
     pub config: Arc<Config>,
     pub secret_key: SecretKey,
     pub waker: QueueWaker,
-    /// Groups the database writes of concurrent email sends.
-    pub sends: herald_mailbox::deliver::SendRecorder,
 }
 
 impl JobContext {
     pub fn new(db: Db, config: Arc<Config>, secret_key: SecretKey, waker: QueueWaker) -> Self {
         JobContext {
-            sends: herald_mailbox::deliver::SendRecorder::new(db.clone()),
             db,
             config,
             secret_key,

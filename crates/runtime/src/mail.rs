@@ -81,7 +81,7 @@ impl BackgroundJob for SendEmailJob {
             retry_base: Duration::from_secs(mail.send_retry_secs.max(1)),
             ..DeliverSettings::default()
         };
-        match deliver(&ctx.sends, &ctx.secret_key, &self.0, &settings)
+        match deliver(&ctx.db, &ctx.secret_key, &self.0, &settings)
             .await
             .map_err(JobError::temporary)?
         {

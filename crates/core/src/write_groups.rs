@@ -1,0 +1,120 @@
+//! Group commit for small concurrent writes ([`Db::write_grouped`]): webhook messages, send
+//! starts and outcomes.
+//!
+//! Each such write on its own is a transaction with a durable commit: on PostgreSQL a WAL flush
+//! and a BEGIN/COMMIT round trip each, on SQLite a turn at the single write lock. Here the
+//! writes that arrive while a group is being written wait for the next group, which runs them
+//! in one transaction, each in a savepoint of its own: one that fails is rolled back alone and
+//! gets its error, the others commit together. Callers get their result once the group has
+//! committed, so an answer never promises what is not durable.
+//!
+//! Writers: one on SQLite (one writer at a time anyway), [`POSTGRES_WRITERS`] on PostgreSQL, each
+//! taking the next group while the others write theirs.
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{Mutex, mpsc, oneshot};
+
+use crate::db::{BackendKind, Db, DbConnection};
+use crate::error::CoreError;
+
+/// Most writes in one group: a burst's transactions stay short.
+const GROUP_MAX: usize = 128;
+/// Groups written at once on PostgreSQL.
+const POSTGRES_WRITERS: usize = 4;
+
+/// Runs one write in the group's transaction and returns what tells its caller the group's
+/// fate (`Some(reason)`: not committed).
+type Job = Box<dyn FnOnce(&mut DbConnection) -> Reply + Send>;
+type Reply = Box<dyn FnOnce(Option<&str>) + Send>;
+
+#[derive(Default)]
+pub(crate) struct WriteGroups {
+    queue: OnceLock<mpsc::UnboundedSender<Job>>,
+}
+
+impl WriteGroups {
+    fn submit(&self, db: &Db, job: Job) -> Result<(), CoreError> {
+        self.queue
+            .get_or_init(|| {
+                let (tx, rx) = mpsc::unbounded_channel();
+                let rx = Arc::new(Mutex::new(rx));
+                let writers = match db.backend() {
+                    BackendKind::Sqlite => 1,
+                    BackendKind::Postgres => POSTGRES_WRITERS,
+                };
+                for _ in 0..writers {
+                    // The writers hold the pool, not the `Db`: they end when the last sender
+                    // (the last clone of the `Db`) is gone.
+                    tokio::spawn(write_groups(db.without_groups(), rx.clone()));
+                }
+                tx
+            })
+            .send(job)
+            .map_err(|_| not_written())
+    }
+}
+
+fn not_written() -> CoreError {
+    CoreError::Unavailable("the write did not complete".into())
+}
+
+async fn write_groups(db: Db, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+    let mut group = Vec::with_capacity(GROUP_MAX);
+    loop {
+        let taken = jobs.lock().await.recv_many(&mut group, GROUP_MAX).await;
+        if taken == 0 {
+            return;
+        }
+        metrics::histogram!("herald_db_write_group_size").record(taken as f64);
+        let group = std::mem::take(&mut group);
+        // A pool failure drops the group: its callers see their reply channel closed.
+        let _ = db
+            .run(move |conn| {
+                write_group(conn, group);
+                Ok::<_, CoreError>(())
+            })
+            .await;
+    }
+}
+
+fn write_group(conn: &mut DbConnection, group: Vec<Job>) {
+    let mut replies = Vec::with_capacity(group.len());
+    let committed = conn.write(|conn| {
+        for job in group {
+            replies.push(job(conn));
+        }
+        Ok::<_, diesel::result::Error>(())
+    });
+    let failed = committed.err().map(|e| e.to_string());
+    for reply in replies {
+        reply(failed.as_deref());
+    }
+}
+
+impl Db {
+    /// Runs `f` in a write transaction shared with the other grouped writes waiting at the same
+    /// time, in a savepoint of its own (see the module's notes); returns once it is committed.
+    /// For small, independent writes that many requests make at once.
+    pub async fn write_grouped<T, E, F>(&self, f: F) -> Result<T, E>
+    where
+        F: FnOnce(&mut DbConnection) -> Result<T, E> + Send + 'static,
+        T: Send + 'static,
+        E: From<CoreError> + From<diesel::result::Error> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, E>>();
+        let job: Job = Box::new(move |conn| {
+            let result = conn.write(f);
+            Box::new(move |failed: Option<&str>| {
+                let _ = tx.send(match failed {
+                    None => result,
+                    Some(reason) => Err(E::from(CoreError::Unavailable(format!(
+                        "the write was not committed: {reason}"
+                    )))),
+                });
+            })
+        });
+        self.groups().submit(self, job)?;
+        rx.await.map_err(|_| not_written())?
+    }
+}
