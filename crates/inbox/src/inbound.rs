@@ -42,13 +42,6 @@ pub enum Received {
     Duplicate,
 }
 
-fn is_unique_violation(e: &diesel::result::Error) -> bool {
-    matches!(
-        e,
-        diesel::result::Error::DatabaseError(diesel::result::DatabaseErrorKind::UniqueViolation, _)
-    )
-}
-
 /// The contact's conversation on the channel, created when they have none (call inside a write
 /// transaction). Concurrent first messages agree on one: the unique key decides.
 fn conversation_for(
@@ -66,25 +59,38 @@ fn conversation_for(
     if let Some(found) = existing().first(conn).optional()? {
         return Ok(found);
     }
-    let created = conn.transaction(|conn| {
-        diesel::insert_into(conversations::table)
-            .values((
-                conversations::account_id.eq(channel.account_id),
-                conversations::channel_id.eq(channel.id),
-                conversations::contact_id.eq(contact_id),
-                conversations::status.eq("open"),
-                conversations::last_message_at.eq(at),
-                conversations::created_at.eq(at),
-                conversations::updated_at.eq(at),
-            ))
-            .returning(conversations::id)
-            .get_result::<i64>(conn)
-    });
+    let insert = diesel::insert_into(conversations::table)
+        .values((
+            conversations::account_id.eq(channel.account_id),
+            conversations::channel_id.eq(channel.id),
+            conversations::contact_id.eq(contact_id),
+            conversations::status.eq("open"),
+            conversations::last_message_at.eq(at),
+            conversations::created_at.eq(at),
+            conversations::updated_at.eq(at),
+        ))
+        .on_conflict((conversations::channel_id, conversations::contact_id))
+        .do_nothing()
+        .returning(conversations::id);
+    // Backend arms: ON CONFLICT is not in the multi-backend's common SQL.
+    let created: Option<i64> = match conn {
+        DbConnection::Postgres(c) => insert.get_result(c).optional()?,
+        DbConnection::Sqlite(c) => insert.get_result(c).optional()?,
+    };
     match created {
-        Ok(id) => Ok((id, "open".into())),
-        Err(e) if is_unique_violation(&e) => existing().first(conn),
-        Err(e) => Err(e),
+        Some(id) => Ok((id, "open".into())),
+        // A concurrent first message made it: the unique key decided.
+        None => existing().first(conn),
     }
+}
+
+#[derive(AsChangeset)]
+#[diesel(table_name = conversations)]
+struct Arrival<'a> {
+    last_message_at: NaiveDateTime,
+    updated_at: NaiveDateTime,
+    last_inbound_at: Option<NaiveDateTime>,
+    contact_name: Option<&'a str>,
 }
 
 /// Stores a message from a contact (call inside a write transaction).
@@ -94,19 +100,20 @@ pub fn receive(
     message: &Inbound,
 ) -> CoreResult<Received> {
     let at = now();
-    let first_time = conn.transaction(|conn| {
-        diesel::insert_into(channel_message_ids::table)
-            .values((
-                channel_message_ids::channel_id.eq(channel.id),
-                channel_message_ids::provider_message_id.eq(&message.provider_message_id),
-                channel_message_ids::created_at.eq(at),
-            ))
-            .execute(conn)
-    });
-    match first_time {
-        Ok(_) => {}
-        Err(e) if is_unique_violation(&e) => return Ok(Received::Duplicate),
-        Err(e) => return Err(e.into()),
+    let seen = diesel::insert_into(channel_message_ids::table)
+        .values((
+            channel_message_ids::channel_id.eq(channel.id),
+            channel_message_ids::provider_message_id.eq(&message.provider_message_id),
+            channel_message_ids::created_at.eq(at),
+        ))
+        .on_conflict_do_nothing();
+    // Backend arms: ON CONFLICT is not in the multi-backend's common SQL.
+    let first_time = match conn {
+        DbConnection::Postgres(c) => seen.execute(c)?,
+        DbConnection::Sqlite(c) => seen.execute(c)?,
+    };
+    if first_time == 0 {
+        return Ok(Received::Duplicate);
     }
     let (conversation_id, status) = conversation_for(conn, channel, &message.contact_id, at)?;
     if status == "closed" && !message.echo {
@@ -121,28 +128,17 @@ pub fn receive(
             ))
             .execute(conn)?;
     }
-    let target = conversations::table.find(conversation_id);
-    if message.echo {
-        diesel::update(target)
-            .set((
-                conversations::last_message_at.eq(at),
-                conversations::updated_at.eq(at),
-            ))
-            .execute(conn)?;
-    } else {
-        diesel::update(target)
-            .set((
-                conversations::last_message_at.eq(at),
-                conversations::last_inbound_at.eq(Some(at)),
-                conversations::updated_at.eq(at),
-            ))
-            .execute(conn)?;
-        if let Some(name) = &message.contact_name {
-            diesel::update(target)
-                .set(conversations::contact_name.eq(name))
-                .execute(conn)?;
-        }
-    }
+    // One update for the arrival; `None` fields are left as they are: an echo (our own page's
+    // message) does not open the 24-hour window, and a message without a profile name keeps the
+    // one known.
+    diesel::update(conversations::table.find(conversation_id))
+        .set(&Arrival {
+            last_message_at: at,
+            updated_at: at,
+            last_inbound_at: (!message.echo).then_some(at),
+            contact_name: message.contact_name.as_deref().filter(|_| !message.echo),
+        })
+        .execute(conn)?;
     let message_id = diesel::insert_into(messages::table)
         .values((
             messages::conversation_id.eq(conversation_id),

@@ -84,9 +84,11 @@ pub async fn twilio(
     check_twilio(&state, &channel, &uri, &headers, &params)?;
     let message = inbound::twilio_message(&channel, &params)
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
+    // Grouped with the other webhooks arriving meanwhile: one commit for many messages, and the
+    // 200 only once this one is durable.
     let received = state
         .db
-        .run(move |conn| conn.write(|conn| inbound::receive(conn, &channel, &message)))
+        .write_grouped(move |conn| inbound::receive(conn, &channel, &message))
         .await?;
     if received == Received::Duplicate {
         metrics::counter!("herald_webhook_duplicates_total", "provider" => "twilio").increment(1);
@@ -161,17 +163,15 @@ pub async fn messenger(
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
     state
         .db
-        .run(move |conn| {
-            conn.write(|conn| {
-                for message in &batch.messages {
-                    inbound::receive(conn, &channel, message)?;
-                }
-                inbound::mark_delivered(conn, &channel, &batch.delivered)?;
-                for contact in &batch.read_by {
-                    inbound::mark_read(conn, &channel, contact)?;
-                }
-                Ok::<_, CoreError>(())
-            })
+        .write_grouped(move |conn| {
+            for message in &batch.messages {
+                inbound::receive(conn, &channel, message)?;
+            }
+            inbound::mark_delivered(conn, &channel, &batch.delivered)?;
+            for contact in &batch.read_by {
+                inbound::mark_read(conn, &channel, contact)?;
+            }
+            Ok::<_, CoreError>(())
         })
         .await?;
     Ok(StatusCode::OK)
@@ -205,16 +205,14 @@ pub async fn twilio_status(
     let error_code = get("ErrorCode");
     state
         .db
-        .run(move |conn| {
-            conn.write(|conn| {
-                herald_inbox::outbound::twilio_status(
-                    conn,
-                    &channel,
-                    &sid,
-                    &status,
-                    error_code.as_deref(),
-                )
-            })
+        .write_grouped(move |conn| {
+            herald_inbox::outbound::twilio_status(
+                conn,
+                &channel,
+                &sid,
+                &status,
+                error_code.as_deref(),
+            )
         })
         .await?;
     Ok(StatusCode::NO_CONTENT)
