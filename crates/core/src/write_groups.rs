@@ -8,20 +8,19 @@
 //! gets its error, the others commit together. Callers get their result once the group has
 //! committed, so an answer never promises what is not durable.
 //!
-//! Writers: one on SQLite (one writer at a time anyway), [`POSTGRES_WRITERS`] on PostgreSQL, each
-//! taking the next group while the others write theirs.
+//! One writer per process, on both backends: two groups written at once can touch the same rows
+//! (a busy conversation) in opposite orders and deadlock, which several PostgreSQL writers did
+//! under load; SQLite has one writer at a time anyway.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
-use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{BackendKind, Db, DbConnection};
+use crate::db::{Db, DbConnection};
 use crate::error::CoreError;
 
 /// Most writes in one group: a burst's transactions stay short.
 const GROUP_MAX: usize = 128;
-/// Groups written at once on PostgreSQL.
-const POSTGRES_WRITERS: usize = 4;
 
 /// Runs one write in the group's transaction and returns what tells its caller the group's
 /// fate (`Some(reason)`: not committed).
@@ -38,16 +37,9 @@ impl WriteGroups {
         self.queue
             .get_or_init(|| {
                 let (tx, rx) = mpsc::unbounded_channel();
-                let rx = Arc::new(Mutex::new(rx));
-                let writers = match db.backend() {
-                    BackendKind::Sqlite => 1,
-                    BackendKind::Postgres => POSTGRES_WRITERS,
-                };
-                for _ in 0..writers {
-                    // The writers hold the pool, not the `Db`: they end when the last sender
-                    // (the last clone of the `Db`) is gone.
-                    tokio::spawn(write_groups(db.without_groups(), rx.clone()));
-                }
+                // The writer holds the pool, not the `Db`: it ends when the last sender (the
+                // last clone of the `Db`) is gone.
+                tokio::spawn(write_groups(db.without_groups(), rx));
                 tx
             })
             .send(job)
@@ -59,10 +51,10 @@ fn not_written() -> CoreError {
     CoreError::Unavailable("the write did not complete".into())
 }
 
-async fn write_groups(db: Db, jobs: Arc<Mutex<mpsc::UnboundedReceiver<Job>>>) {
+async fn write_groups(db: Db, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut group = Vec::with_capacity(GROUP_MAX);
     loop {
-        let taken = jobs.lock().await.recv_many(&mut group, GROUP_MAX).await;
+        let taken = jobs.recv_many(&mut group, GROUP_MAX).await;
         if taken == 0 {
             return;
         }
