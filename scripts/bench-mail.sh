@@ -20,16 +20,6 @@ MESSAGES="${MESSAGES:-10000}"
 BENCH_USER=bench@herald.test
 BENCH_PASS=bench-pass
 
-# Installs a Debian package when its command is missing, the way lib.sh installs PostgreSQL.
-need() {
-    local cmd=$1 package=$2
-    command -v "$cmd" >/dev/null && return
-    log "$cmd is not installed: installing $package from Debian's packages"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
-    command -v "$cmd" >/dev/null || die "$cmd is not on PATH after installing $package"
-}
-
 ensure_postgres
 eval "$(scripts/mail-servers.sh start)"
 need mbsync isync

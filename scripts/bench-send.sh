@@ -33,16 +33,6 @@ LATE_EMAILS="${LATE_EMAILS:-10000}"
 MESSAGE_BYTES="${MESSAGE_BYTES:-4096}"
 CONCURRENCY="${CONCURRENCY:-1 20}"
 
-# Installs a Debian package when its command is missing, the way lib.sh installs PostgreSQL.
-need() {
-    local cmd=$1 package=$2
-    command -v "$cmd" >/dev/null && return
-    log "$cmd is not installed: installing $package from Debian's packages"
-    as_root apt-get update -qq
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
-    command -v "$cmd" >/dev/null || die "$cmd is not on PATH after installing $package"
-}
-
 ensure_postgres
 need python3 python3
 need /usr/bin/time time

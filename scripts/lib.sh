@@ -26,6 +26,16 @@ start_debian_clusters() {
     done
 }
 
+# Installs a Debian package when its command is missing, as ensure_postgres installs PostgreSQL.
+need() {
+    local cmd=$1 package=$2
+    command -v "$cmd" >/dev/null && return
+    log "$cmd is not installed: installing $package from Debian's packages"
+    as_root apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$package" >/dev/null
+    command -v "$cmd" >/dev/null || die "$cmd is not on PATH after installing $package"
+}
+
 ensure_postgres() {
     if pg_up; then log "PostgreSQL is up"; return; fi
     start_debian_clusters
