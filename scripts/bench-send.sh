@@ -6,8 +6,9 @@
 #    (crates/runtime/examples/send_bench.rs) composing MESSAGES emails (not timed) and sending them
 #    through its job runner with at most that many SMTP conversations at once, on PostgreSQL (a
 #    fresh herald_bench_send database) and on SQLite (a temp file). Every message has a
-#    MESSAGE_BYTES body; both contenders open one SMTP session per message (smtp-source without -d
-#    disconnects after each message). Left different: smtp-source says HELO and waits for QUIT's
+#    MESSAGE_BYTES body; smtp-source opens one SMTP session per message (without -d it
+#    disconnects after each message), Herald keeps its sessions for up to 30 messages
+#    (crates/mailbox/src/smtp_pool.rs; the sink's session count shows it). Left different: smtp-source says HELO and waits for QUIT's
 #    221, Herald says EHLO and records the send without waiting for QUIT's answer; Herald's
 #    message is a full MIME message (about 480 bytes of headers, smtp-source's about 100). A
 #    last smtp-source run with -d (sessions kept open) is a reference for connection reuse;
@@ -151,7 +152,7 @@ for c in $CONCURRENCY; do
 done
 
 # For reference, not a contender: smtp-source keeping its sessions open (-d), every message of a
-# session over one connection, which Herald does not do.
+# session over one connection, without Herald's 30-message cap.
 last=${CONCURRENCY##* }
 log "smtp-source -d (reference): $MESSAGES messages over $last sessions kept open"
 measure "smtp-source -d" - "$last" "$source_bin" -d -s "$last" -m "$MESSAGES" -l "$MESSAGE_BYTES" \
@@ -175,7 +176,7 @@ python3 - "$results" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print()
-print("Throughput (one SMTP session per message, except smtp-source -d):")
+print("Throughput (sessions: SMTP sessions the sink counted):")
 print(f"{'contender':<15} {'backend':<9} {'conc':>4} {'msgs':>6} {'seconds':>8} {'msgs/s':>7} "
       f"{'vs source':>9} {'sessions':>8} {'cpu ms/msg':>10} {'sink cpu s':>10} {'pg ms/msg':>9}")
 source = {}

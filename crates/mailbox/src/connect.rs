@@ -330,6 +330,9 @@ pub(crate) fn smtp_failure(e: mail_send::Error) -> Failure {
     }
 }
 
+/// How Herald introduces itself in EHLO, in the connection check and in sends.
+pub(crate) const EHLO_NAME: &str = "herald.localhost";
+
 /// A mail-send client builder for the server: TLS as the mailbox says, its credentials.
 pub(crate) fn smtp_builder(
     settings: &ServerSettings,
@@ -373,7 +376,7 @@ pub async fn check_smtp(settings: &ServerSettings) -> Result<SmtpReport, Connect
             Security::None => {
                 let mut client = builder.connect_plain().await.map_err(smtp_failure)?;
                 let ehlo = client
-                    .capabilities("herald.localhost", false)
+                    .capabilities(EHLO_NAME, false)
                     .await
                     .map_err(smtp_failure)?;
                 let report = SmtpReport {
@@ -385,7 +388,7 @@ pub async fn check_smtp(settings: &ServerSettings) -> Result<SmtpReport, Connect
             Security::Tls | Security::Starttls => {
                 let mut client = builder.connect().await.map_err(smtp_failure)?;
                 let ehlo = client
-                    .capabilities("herald.localhost", false)
+                    .capabilities(EHLO_NAME, false)
                     .await
                     .map_err(smtp_failure)?;
                 let report = SmtpReport {

@@ -77,7 +77,6 @@ pub enum Delivered {
 
 #[derive(Debug, Queryable)]
 struct Outgoing {
-    account_id: i64,
     status: String,
     mailbox_id: Option<i64>,
     message_id: Option<String>,
@@ -174,7 +173,6 @@ fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, Co
             .select((
                 (email_sends::token, email_sends::attempts, email_sends::bcc),
                 (
-                    emails::account_id,
                     emails::status,
                     emails::mailbox_id,
                     emails::message_id,
@@ -214,7 +212,6 @@ fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, Co
             finish(conn, job, Outcome::Failed("its mailbox was removed".into()))?;
             return Ok(None);
         };
-        let _ = email.account_id;
         Ok(Some(Attempt {
             email,
             bcc: serde_json::from_str(&bcc).unwrap_or_default(),
@@ -479,7 +476,6 @@ mod tests {
 
     fn outgoing(subject: &str, name: &str) -> Outgoing {
         Outgoing {
-            account_id: 1,
             status: "sending".into(),
             mailbox_id: Some(1),
             message_id: Some("abc@herald.test".into()),

@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::connect::{Failure, Security, ServerSettings, smtp_builder};
+use crate::connect::{EHLO_NAME, Failure, Security, ServerSettings, smtp_builder};
 
 /// How long an idle session is kept: long enough for the next batch of due sends, well under
 /// the 300 s most servers allow.
@@ -32,9 +32,6 @@ pub const IDLE_FOR: Duration = Duration::from_secs(15);
 pub const MESSAGES_PER_SESSION: u32 = 30;
 /// Idle sessions kept per server and credentials.
 const MAX_IDLE_PER_SERVER: usize = 64;
-
-/// How Herald introduces itself in EHLO (the connection check says the same).
-pub(crate) const EHLO_NAME: &str = "herald.localhost";
 
 enum Client {
     Plain(SmtpClient<TcpStream>),
@@ -107,24 +104,6 @@ fn put_idle(key: u64, client: Client, sent: u32) {
     };
     if let Some(client) = rejected {
         client.quit_later();
-    }
-}
-
-/// Idle sessions held now (metrics and tests).
-pub fn idle_sessions() -> usize {
-    IDLE.lock()
-        .map(|idle| idle.values().map(Vec::len).sum())
-        .unwrap_or(0)
-}
-
-/// Closes every idle session (shutdown, tests).
-pub fn close_idle() {
-    let sessions: Vec<Idle> = match IDLE.lock() {
-        Ok(mut idle) => idle.drain().flat_map(|(_, s)| s).collect(),
-        Err(_) => return,
-    };
-    for s in sessions {
-        s.client.quit_later();
     }
 }
 

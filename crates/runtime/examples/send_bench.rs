@@ -1,6 +1,6 @@
 //! Sending benchmark: N emails composed as the API composes them, then sent by the job runner
-//! through `send_email` (MIME build, one SMTP connection per message, outcome recorded) to an
-//! SMTP sink.
+//! through `send_email` (MIME build, SMTP sessions reused up to 30 messages, outcome recorded)
+//! to an SMTP sink.
 //!
 //! ```text
 //! cargo run --release -p herald-runtime --example send_bench -- \
