@@ -55,7 +55,9 @@ async fn main() -> anyhow::Result<()> {
         None
     };
 
+    let intake = herald_http::Intake::new(db.clone(), secret_key.clone());
     let state = AppState {
+        intake,
         db: db.clone(),
         config: config.clone(),
         secret_key,

@@ -1,5 +1,6 @@
 //! Group commit for small concurrent writes ([`Db::write_grouped`]): webhook messages, send
-//! starts and outcomes.
+//! starts and outcomes; and [`WriteBatcher`], which writes many requests' items of one kind with
+//! a few set-based statements for the whole batch.
 //!
 //! Each such write on its own is a transaction with a durable commit: on PostgreSQL a WAL flush
 //! and a BEGIN/COMMIT round trip each, on SQLite a turn at the single write lock. Here the
@@ -12,12 +13,12 @@
 //! (a busy conversation) in opposite orders and deadlock, which several PostgreSQL writers did
 //! under load; SQLite has one writer at a time anyway.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{mpsc, oneshot};
 
 use crate::db::{Db, DbConnection};
-use crate::error::CoreError;
+use crate::error::{CoreError, CoreResult};
 
 /// Most writes in one group: a burst's transactions stay short.
 const GROUP_MAX: usize = 128;
@@ -108,5 +109,91 @@ impl Db {
         });
         self.groups().submit(self, job)?;
         rx.await.map_err(|_| not_written())?
+    }
+}
+
+/// Writes a batch of items, returning one output per item in their order.
+pub type BatchWrite<I, O> = fn(&mut DbConnection, &[I]) -> CoreResult<Vec<O>>;
+
+type Pending<I, O> = (I, oneshot::Sender<CoreResult<O>>);
+
+/// Items of one kind from many concurrent requests, written by one function over the whole batch
+/// (a few set-based statements instead of a few per item). A batch is one write of the grouped
+/// writes, so it shares their single writer and their commit; when a batch fails, its items are
+/// written again one by one, so a bad item fails alone and the others are stored.
+pub struct WriteBatcher<I, O> {
+    db: Db,
+    write: BatchWrite<I, O>,
+    queue: OnceLock<mpsc::UnboundedSender<Pending<I, O>>>,
+}
+
+impl<I, O> WriteBatcher<I, O>
+where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+{
+    pub fn new(db: Db, write: BatchWrite<I, O>) -> Self {
+        Self {
+            db,
+            write,
+            queue: OnceLock::new(),
+        }
+    }
+
+    /// Writes `item` with the others waiting meanwhile; returns its output once committed.
+    pub async fn write(&self, item: I) -> CoreResult<O> {
+        let (tx, rx) = oneshot::channel();
+        self.queue
+            .get_or_init(|| {
+                let (queue, pending) = mpsc::unbounded_channel();
+                tokio::spawn(write_batches(self.db.clone(), self.write, pending));
+                queue
+            })
+            .send((item, tx))
+            .map_err(|_| not_written())?;
+        rx.await.map_err(|_| not_written())?
+    }
+}
+
+async fn write_batches<I, O>(
+    db: Db,
+    write: BatchWrite<I, O>,
+    mut pending: mpsc::UnboundedReceiver<Pending<I, O>>,
+) where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+{
+    let mut taken = Vec::with_capacity(GROUP_MAX);
+    loop {
+        if pending.recv_many(&mut taken, GROUP_MAX).await == 0 {
+            return;
+        }
+        metrics::histogram!("herald_db_write_batch_size").record(taken.len() as f64);
+        let (items, replies): (Vec<I>, Vec<_>) = taken.drain(..).unzip();
+        let items = Arc::new(items);
+        let batch = Arc::clone(&items);
+        let written = db.write_grouped(move |conn| write(conn, &batch)).await;
+        match written {
+            Ok(outputs) => {
+                // A reply left without an output (a write that broke its contract) sees its
+                // channel closed: "not written".
+                for (reply, output) in replies.into_iter().zip(outputs) {
+                    let _ = reply.send(Ok(output));
+                }
+            }
+            Err(e) if replies.len() == 1 => {
+                let _ = replies.into_iter().next().map(|reply| reply.send(Err(e)));
+            }
+            Err(_) => {
+                for (n, reply) in replies.into_iter().enumerate() {
+                    let items = Arc::clone(&items);
+                    let alone = db
+                        .write_grouped(move |conn| write(conn, std::slice::from_ref(&items[n])))
+                        .await
+                        .and_then(|mut one| one.pop().ok_or_else(not_written));
+                    let _ = reply.send(alone);
+                }
+            }
+        }
     }
 }

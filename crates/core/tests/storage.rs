@@ -2,6 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
+
 use herald_core::db::{migration_status, revert_last_migration, run_migrations};
 use herald_core::domain::Plan;
 use herald_core::idempotency::{IdempotencyKey, StoredResponse};
@@ -11,7 +13,7 @@ use herald_core::records::{
     Company, CompanyInput, Deal, DealInput, Person, PersonInput, PersonPatch, Record,
 };
 use herald_core::timeline::{Timeline, TimelineQuery};
-use herald_core::{CoreError, DbConnection};
+use herald_core::{CoreError, CoreResult, DbConnection, WriteBatcher};
 use herald_testdb::{TestDb, backend_tests};
 use secrecy::ExposeSecret;
 
@@ -403,7 +405,71 @@ async fn grouped_writes_commit_together_and_fail_alone(test: TestDb) {
     }
 }
 
+/// A batch write for the batcher test: one user per item (account, email).
+fn create_users(conn: &mut DbConnection, items: &[(i64, String)]) -> CoreResult<Vec<i64>> {
+    items
+        .iter()
+        .map(|(account_id, email)| {
+            let user = User::create(
+                conn,
+                *account_id,
+                &NewUser {
+                    email: email.clone(),
+                    name: email.clone(),
+                    role: None,
+                },
+            )?;
+            Ok(user.id)
+        })
+        .collect()
+}
+
+/// Items written in batches: each gets its own output; a batch holding a bad item is written
+/// again item by item, so only the bad one fails and every other is committed.
+async fn batched_writes_fail_alone(test: TestDb) {
+    let account = Account::create(&mut test.connect(), "batched", Plan::Base).unwrap();
+    let batcher = Arc::new(WriteBatcher::new(test.db.clone(), create_users));
+    let writes: Vec<_> = (0..40)
+        .map(|n| {
+            let batcher = Arc::clone(&batcher);
+            // Every tenth one repeats an address taken before it: a conflict.
+            let email = format!(
+                "user{}@batched.example.com",
+                if n % 10 == 9 { n - 1 } else { n }
+            );
+            tokio::spawn(async move { batcher.write((account.id, email)).await })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for write in writes {
+        results.push(write.await.unwrap());
+    }
+    let failed: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert_eq!(failed.len(), 4, "{results:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|e| matches!(e, CoreError::Conflict { .. })),
+        "{failed:?}"
+    );
+    let stored = User::list(
+        &mut test.connect(),
+        account.id,
+        PageRequest {
+            limit: 100,
+            before_id: None,
+        },
+    )
+    .unwrap()
+    .items;
+    assert_eq!(stored.len(), 36);
+    for id in results.into_iter().flatten() {
+        assert!(stored.iter().any(|u| u.id == id), "user {id} was committed");
+    }
+}
+
 backend_tests!(
+    batched_writes_fail_alone,
     a_write_inside_a_transaction_is_a_savepoint,
     grouped_writes_commit_together_and_fail_alone,
     migrations_run_up_down_and_up_again,

@@ -23,6 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use error::{ApiError, Problem};
+pub use herald_inbox::inbound::Intake;
 pub use state::AppState;
 
 use routes::records::{companies, deals, leads, persons};

@@ -20,4 +20,6 @@ pub struct AppState {
     /// Renders templates within the sandbox limits.
     pub templates: herald_templates::Engine,
     pub metrics: PrometheusHandle,
+    /// The webhooks' channel cache and message batcher.
+    pub intake: herald_inbox::inbound::Intake,
 }

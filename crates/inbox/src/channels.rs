@@ -2,12 +2,16 @@
 //! its credentials are sealed with the secret key and never returned; the response carries the
 //! webhook URL to give the provider.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use herald_core::crypto::SecretKey;
 use herald_core::identity::User;
 use herald_core::time::{now, rfc3339};
-use herald_core::{CoreError, CoreResult, DbConnection};
+use herald_core::{CoreError, CoreResult, Db, DbConnection};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
@@ -298,5 +302,56 @@ impl Channel {
             created_at: self.created_at,
             updated_at: self.updated_at,
         }
+    }
+}
+
+/// A channel with its credentials opened.
+#[derive(Debug)]
+pub struct OpenChannel {
+    pub channel: Channel,
+    pub credentials: Credentials,
+}
+
+/// Channels looked up and opened for the webhooks, which need one on every request: kept for
+/// [`ChannelCache::TTL`]. Channels are never edited, only removed; a removal in this process
+/// drops the entry at once, one in another process is seen within the TTL (meanwhile the
+/// removed channel's messages fail to store and the provider retries them).
+#[derive(Default)]
+pub struct ChannelCache {
+    entries: Mutex<HashMap<i64, (Instant, Arc<OpenChannel>)>>,
+}
+
+impl ChannelCache {
+    pub const TTL: Duration = Duration::from_secs(10);
+
+    pub async fn get(&self, db: &Db, key: &SecretKey, id: i64) -> CoreResult<Arc<OpenChannel>> {
+        if let Some(open) = self.cached(id) {
+            return Ok(open);
+        }
+        let channel = db.run(move |conn| Channel::find_any(conn, id)).await?;
+        let open = Arc::new(OpenChannel {
+            credentials: channel.credentials(key)?,
+            channel,
+        });
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|_, (at, _)| at.elapsed() < Self::TTL);
+        entries.insert(id, (Instant::now(), Arc::clone(&open)));
+        Ok(open)
+    }
+
+    fn cached(&self, id: i64) -> Option<Arc<OpenChannel>> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries
+            .get(&id)
+            .filter(|(at, _)| at.elapsed() < Self::TTL)
+            .map(|(_, open)| Arc::clone(open))
+    }
+
+    /// Forgets a removed channel.
+    pub fn forget(&self, id: i64) {
+        self.entries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&id);
     }
 }

@@ -3,13 +3,16 @@
 //! conversation (in Unassigned) or adds to the one they have, and reopens it if it was closed,
 //! into the view its assignment gives.
 
-use chrono::NaiveDateTime;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+
 use diesel::prelude::*;
+use herald_core::crypto::SecretKey;
 use herald_core::time::now;
-use herald_core::{CoreError, CoreResult, DbConnection};
+use herald_core::{CoreError, CoreResult, Db, DbConnection, WriteBatcher};
 use serde::{Deserialize, Serialize};
 
-use crate::channels::Channel;
+use crate::channels::{Channel, ChannelCache, OpenChannel};
 use crate::schema::{channel_message_ids, conversation_events, conversations, messages};
 
 /// A media attachment, by the provider's URL.
@@ -42,121 +45,325 @@ pub enum Received {
     Duplicate,
 }
 
-/// The contact's conversation on the channel, created when they have none (call inside a write
-/// transaction). Concurrent first messages agree on one: the unique key decides.
-fn conversation_for(
-    conn: &mut DbConnection,
-    channel: &Channel,
-    contact_id: &str,
-    at: NaiveDateTime,
-) -> QueryResult<(i64, String)> {
-    let existing = || {
-        conversations::table
-            .filter(conversations::channel_id.eq(channel.id))
-            .filter(conversations::contact_id.eq(contact_id))
-            .select((conversations::id, conversations::status))
-    };
-    if let Some(found) = existing().first(conn).optional()? {
-        return Ok(found);
+/// What the webhooks share across requests: channels looked up and opened once, and the messages
+/// of concurrent requests stored together ([`receive_all`] over each batch).
+#[derive(Clone)]
+pub struct Intake {
+    db: Db,
+    key: SecretKey,
+    channels: Arc<ChannelCache>,
+    messages: Arc<WriteBatcher<Arriving, Received>>,
+}
+
+impl Intake {
+    pub fn new(db: Db, key: SecretKey) -> Self {
+        Self {
+            messages: Arc::new(WriteBatcher::new(db.clone(), receive_all)),
+            channels: Arc::default(),
+            db,
+            key,
+        }
     }
-    let insert = diesel::insert_into(conversations::table)
-        .values((
-            conversations::account_id.eq(channel.account_id),
-            conversations::channel_id.eq(channel.id),
-            conversations::contact_id.eq(contact_id),
-            conversations::status.eq("open"),
-            conversations::last_message_at.eq(at),
-            conversations::created_at.eq(at),
-            conversations::updated_at.eq(at),
-        ))
-        .on_conflict((conversations::channel_id, conversations::contact_id))
-        .do_nothing()
-        .returning(conversations::id);
-    // Backend arms: ON CONFLICT is not in the multi-backend's common SQL.
-    let created: Option<i64> = match conn {
-        DbConnection::Postgres(c) => insert.get_result(c).optional()?,
-        DbConnection::Sqlite(c) => insert.get_result(c).optional()?,
-    };
-    match created {
-        Some(id) => Ok((id, "open".into())),
-        // A concurrent first message made it: the unique key decided.
-        None => existing().first(conn),
+
+    pub async fn channel(&self, id: i64) -> CoreResult<Arc<OpenChannel>> {
+        self.channels.get(&self.db, &self.key, id).await
+    }
+
+    /// Drops a removed channel from the cache.
+    pub fn forget_channel(&self, id: i64) {
+        self.channels.forget(id);
+    }
+
+    /// Stores a message with the others arriving meanwhile; returns once it is committed.
+    pub async fn receive(&self, arriving: Arriving) -> CoreResult<Received> {
+        self.messages.write(arriving).await
     }
 }
 
-#[derive(AsChangeset)]
-#[diesel(table_name = conversations)]
-struct Arrival<'a> {
-    last_message_at: NaiveDateTime,
-    updated_at: NaiveDateTime,
-    last_inbound_at: Option<NaiveDateTime>,
+/// A message arriving on a channel, as the webhooks hand it to [`receive_all`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Arriving {
+    pub channel_id: i64,
+    pub account_id: i64,
+    pub message: Inbound,
+}
+
+impl Arriving {
+    pub fn new(channel: &Channel, message: Inbound) -> Self {
+        Self {
+            channel_id: channel.id,
+            account_id: channel.account_id,
+            message,
+        }
+    }
+
+    fn contact(&self) -> (i64, &str) {
+        (self.channel_id, &self.message.contact_id)
+    }
+}
+
+/// A contact's conversation as an arrival finds it.
+struct Found {
+    id: i64,
+    status: String,
+    contact_name: Option<String>,
+}
+
+/// The conversations of these contacts (channel, contact id) that exist.
+fn conversations_of(
+    conn: &mut DbConnection,
+    contacts: &BTreeSet<(i64, &str)>,
+) -> QueryResult<HashMap<(i64, String), Found>> {
+    let channel_ids: BTreeSet<i64> = contacts.iter().map(|(channel, _)| *channel).collect();
+    let contact_ids: BTreeSet<&str> = contacts.iter().map(|(_, contact)| *contact).collect();
+    let rows: Vec<(i64, i64, String, String, Option<String>)> = conversations::table
+        .filter(conversations::channel_id.eq_any(channel_ids))
+        .filter(conversations::contact_id.eq_any(contact_ids))
+        .select((
+            conversations::id,
+            conversations::channel_id,
+            conversations::contact_id,
+            conversations::status,
+            conversations::contact_name,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter(|(_, channel, contact, ..)| contacts.contains(&(*channel, contact.as_str())))
+        .map(|(id, channel, contact, status, contact_name)| {
+            (
+                (channel, contact),
+                Found {
+                    id,
+                    status,
+                    contact_name,
+                },
+            )
+        })
+        .collect())
+}
+
+/// What a batch brings to one conversation.
+#[derive(Default)]
+struct Visit<'a> {
+    /// From the contact (not only echoes of the page's own messages): opens the 24-hour window
+    /// and reopens a closed conversation.
+    inbound: bool,
+    /// The latest profile name the contact's messages gave.
     contact_name: Option<&'a str>,
 }
 
-/// Stores a message from a contact (call inside a write transaction).
-pub fn receive(
-    conn: &mut DbConnection,
-    channel: &Channel,
-    message: &Inbound,
-) -> CoreResult<Received> {
-    let at = now();
-    let seen = diesel::insert_into(channel_message_ids::table)
-        .values((
-            channel_message_ids::channel_id.eq(channel.id),
-            channel_message_ids::provider_message_id.eq(&message.provider_message_id),
-            channel_message_ids::created_at.eq(at),
-        ))
-        .on_conflict_do_nothing();
-    // Backend arms: ON CONFLICT is not in the multi-backend's common SQL.
-    let first_time = match conn {
-        DbConnection::Postgres(c) => seen.execute(c)?,
-        DbConnection::Sqlite(c) => seen.execute(c)?,
-    };
-    if first_time == 0 {
-        return Ok(Received::Duplicate);
+/// Stores messages from contacts (call inside a write transaction), each provider message id
+/// once per channel, ever; the result is in the messages' order. A contact's first message opens
+/// a conversation in Unassigned, the next ones add to it, and one from the contact reopens it if
+/// it was closed. The whole batch takes a few set-based statements, whatever its size: the
+/// webhooks write what arrives meanwhile together ([`herald_core::WriteBatcher`]).
+pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult<Vec<Received>> {
+    if arriving.is_empty() {
+        return Ok(Vec::new());
     }
-    let (conversation_id, status) = conversation_for(conn, channel, &message.contact_id, at)?;
-    if status == "closed" && !message.echo {
-        diesel::update(conversations::table.find(conversation_id))
+    let at = now();
+    let keys: Vec<_> = arriving
+        .iter()
+        .map(|a| {
+            (
+                channel_message_ids::channel_id.eq(a.channel_id),
+                channel_message_ids::provider_message_id.eq(&a.message.provider_message_id),
+                channel_message_ids::created_at.eq(at),
+            )
+        })
+        .collect();
+    let seen = diesel::insert_into(channel_message_ids::table)
+        .values(keys)
+        .on_conflict_do_nothing()
+        .returning((
+            channel_message_ids::channel_id,
+            channel_message_ids::provider_message_id,
+        ));
+    // Backend arms: neither ON CONFLICT nor a multi-row INSERT is in the multi-backend's SQL.
+    let mut first_seen: HashSet<(i64, String)> = match conn {
+        DbConnection::Postgres(c) => seen.get_results(c)?,
+        DbConnection::Sqlite(c) => seen.get_results(c)?,
+    }
+    .into_iter()
+    .collect();
+    // A key the insert returned is new; a repeat within the batch is a duplicate of its first.
+    let fresh: Vec<bool> = arriving
+        .iter()
+        .map(|a| first_seen.remove(&(a.channel_id, a.message.provider_message_id.clone())))
+        .collect();
+    if !fresh.contains(&true) {
+        return Ok(vec![Received::Duplicate; arriving.len()]);
+    }
+    let new = || {
+        arriving
+            .iter()
+            .zip(&fresh)
+            .filter(|(_, f)| **f)
+            .map(|(a, _)| a)
+    };
+
+    // The contacts' conversations, created for those who have none; the unique key decides
+    // between concurrent first messages (another process's), so the created ones are read back.
+    let contacts: BTreeSet<(i64, &str)> = new().map(Arriving::contact).collect();
+    let mut found = conversations_of(conn, &contacts)?;
+    let missing: BTreeMap<(i64, &str), i64> = new()
+        .filter(|a| !found.contains_key(&(a.channel_id, a.message.contact_id.clone())))
+        .map(|a| (a.contact(), a.account_id))
+        .collect();
+    if !missing.is_empty() {
+        let rows: Vec<_> = missing
+            .iter()
+            .map(|((channel_id, contact_id), account_id)| {
+                (
+                    conversations::account_id.eq(*account_id),
+                    conversations::channel_id.eq(*channel_id),
+                    conversations::contact_id.eq(*contact_id),
+                    conversations::status.eq("open"),
+                    conversations::last_message_at.eq(at),
+                    conversations::created_at.eq(at),
+                    conversations::updated_at.eq(at),
+                )
+            })
+            .collect();
+        let insert = diesel::insert_into(conversations::table)
+            .values(rows)
+            .on_conflict((conversations::channel_id, conversations::contact_id))
+            .do_nothing();
+        match conn {
+            DbConnection::Postgres(c) => insert.execute(c)?,
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+        };
+        found.extend(conversations_of(conn, &missing.keys().copied().collect())?);
+    }
+    let conversation = |a: &Arriving| {
+        found
+            .get(&(a.channel_id, a.message.contact_id.clone()))
+            .ok_or_else(|| CoreError::Unavailable("a conversation was not created".into()))
+    };
+
+    let mut visits: BTreeMap<i64, Visit> = BTreeMap::new();
+    for a in new() {
+        let visit = visits.entry(conversation(a)?.id).or_default();
+        if !a.message.echo {
+            visit.inbound = true;
+            visit.contact_name = a.message.contact_name.as_deref().or(visit.contact_name);
+        }
+    }
+    let inbound: Vec<i64> = visits
+        .iter()
+        .filter(|(_, v)| v.inbound)
+        .map(|(id, _)| *id)
+        .collect();
+    let echoes_only: Vec<i64> = visits
+        .iter()
+        .filter(|(_, v)| !v.inbound)
+        .map(|(id, _)| *id)
+        .collect();
+    let reopened: Vec<i64> = found
+        .values()
+        .filter(|c| c.status == "closed" && inbound.contains(&c.id))
+        .map(|c| c.id)
+        .collect();
+    if !reopened.is_empty() {
+        diesel::update(conversations::table.filter(conversations::id.eq_any(&reopened)))
             .set(conversations::status.eq("open"))
             .execute(conn)?;
-        diesel::insert_into(conversation_events::table)
-            .values((
-                conversation_events::conversation_id.eq(conversation_id),
-                conversation_events::kind.eq("reopened"),
-                conversation_events::created_at.eq(at),
+        let events: Vec<_> = reopened
+            .iter()
+            .map(|id| {
+                (
+                    conversation_events::conversation_id.eq(*id),
+                    conversation_events::kind.eq("reopened"),
+                    conversation_events::created_at.eq(at),
+                )
+            })
+            .collect();
+        let insert = diesel::insert_into(conversation_events::table).values(events);
+        // Backend arms: the multi-backend has no multi-row INSERT.
+        match conn {
+            DbConnection::Postgres(c) => insert.execute(c)?,
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+        };
+    }
+    // An echo (our own page's message) moves the conversation up without opening the 24-hour
+    // window.
+    if !inbound.is_empty() {
+        diesel::update(conversations::table.filter(conversations::id.eq_any(&inbound)))
+            .set((
+                conversations::last_message_at.eq(at),
+                conversations::updated_at.eq(at),
+                conversations::last_inbound_at.eq(at),
             ))
             .execute(conn)?;
     }
-    // One update for the arrival; `None` fields are left as they are: an echo (our own page's
-    // message) does not open the 24-hour window, and a message without a profile name keeps the
-    // one known.
-    diesel::update(conversations::table.find(conversation_id))
-        .set(&Arrival {
-            last_message_at: at,
-            updated_at: at,
-            last_inbound_at: (!message.echo).then_some(at),
-            contact_name: message.contact_name.as_deref().filter(|_| !message.echo),
-        })
-        .execute(conn)?;
-    let message_id = diesel::insert_into(messages::table)
-        .values((
-            messages::conversation_id.eq(conversation_id),
-            messages::direction.eq(if message.echo { "outbound" } else { "inbound" }),
-            messages::provider_message_id.eq(&message.provider_message_id),
-            messages::body.eq(&message.body),
-            messages::media.eq(serde_json::to_string(&message.media)
+    if !echoes_only.is_empty() {
+        diesel::update(conversations::table.filter(conversations::id.eq_any(&echoes_only)))
+            .set((
+                conversations::last_message_at.eq(at),
+                conversations::updated_at.eq(at),
+            ))
+            .execute(conn)?;
+    }
+    // A profile name is written when it changed; a message without one keeps the name known.
+    for c in found.values() {
+        if let Some(name) = visits.get(&c.id).and_then(|v| v.contact_name)
+            && c.contact_name.as_deref() != Some(name)
+        {
+            diesel::update(conversations::table.find(c.id))
+                .set(conversations::contact_name.eq(name))
+                .execute(conn)?;
+        }
+    }
+
+    let mut rows = Vec::new();
+    for a in new() {
+        let m = &a.message;
+        rows.push((
+            messages::conversation_id.eq(conversation(a)?.id),
+            messages::direction.eq(if m.echo { "outbound" } else { "inbound" }),
+            messages::provider_message_id.eq(&m.provider_message_id),
+            messages::body.eq(&m.body),
+            messages::media.eq(serde_json::to_string(&m.media)
                 .map_err(|e| CoreError::Unavailable(e.to_string()))?),
-            messages::status.eq(if message.echo { "sent" } else { "received" }),
+            messages::status.eq(if m.echo { "sent" } else { "received" }),
             messages::created_at.eq(at),
             messages::updated_at.eq(at),
-        ))
-        .returning(messages::id)
-        .get_result(conn)?;
-    Ok(Received::Stored {
-        conversation_id,
-        message_id,
-    })
+        ));
+    }
+    let insert = diesel::insert_into(messages::table)
+        .values(rows)
+        .returning((
+            messages::conversation_id,
+            messages::provider_message_id,
+            messages::id,
+        ));
+    // Backend arms: no multi-row INSERT in the multi-backend. RETURNING's order is not promised: each message is found by its conversation and id.
+    let stored: HashMap<(i64, Option<String>), i64> = match conn {
+        DbConnection::Postgres(c) => insert.get_results::<(i64, Option<String>, i64)>(c)?,
+        DbConnection::Sqlite(c) => insert.get_results::<(i64, Option<String>, i64)>(c)?,
+    }
+    .into_iter()
+    .map(|(conversation_id, provider_id, id)| ((conversation_id, provider_id), id))
+    .collect();
+    arriving
+        .iter()
+        .zip(fresh)
+        .map(|(a, fresh)| {
+            if !fresh {
+                return Ok(Received::Duplicate);
+            }
+            let conversation_id = conversation(a)?.id;
+            let message_id = stored
+                .get(&(conversation_id, Some(a.message.provider_message_id.clone())))
+                .copied()
+                .ok_or_else(|| CoreError::Unavailable("a message was not stored".into()))?;
+            Ok(Received::Stored {
+                conversation_id,
+                message_id,
+            })
+        })
+        .collect()
 }
 
 /// Why a webhook payload was not taken.

@@ -77,6 +77,7 @@ pub async fn delete_channel(
         .db
         .run(move |conn| conn.write(|conn| Channel::delete(conn, &user, id)))
         .await?;
+    state.intake.forget_channel(id);
     Ok(StatusCode::NO_CONTENT)
 }
 

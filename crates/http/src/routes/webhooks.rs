@@ -2,14 +2,15 @@
 //! A bad or missing signature is a 403 and stores nothing; a provider's retry of a message it
 //! sent before is stored once. The handlers store and answer at once.
 
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use herald_core::CoreError;
-use herald_inbox::Channel;
-use herald_inbox::channels::Credentials;
-use herald_inbox::inbound::{self, Received};
+use herald_inbox::channels::{Credentials, OpenChannel};
+use herald_inbox::inbound::{self, Arriving, Received};
 use secrecy::ExposeSecret;
 
 use crate::error::{ApiError, ApiResult, Problem};
@@ -29,26 +30,24 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-async fn channel(state: &AppState, id: i64, kind: &'static str) -> ApiResult<Channel> {
-    let channel = state
-        .db
-        .run(move |conn| Channel::find_any(conn, id))
-        .await?;
-    if channel.kind != kind {
+/// The channel, from the webhooks' cache.
+async fn channel(state: &AppState, id: i64, kind: &'static str) -> ApiResult<Arc<OpenChannel>> {
+    let open = state.intake.channel(id).await?;
+    if open.channel.kind != kind {
         return Err(CoreError::not_found("channel", id).into());
     }
-    Ok(channel)
+    Ok(open)
 }
 
 /// Twilio's signature over the public URL Twilio requested and the form fields.
 fn check_twilio(
     state: &AppState,
-    channel: &Channel,
+    channel: &OpenChannel,
     uri: &Uri,
     headers: &HeaderMap,
     params: &[(String, String)],
 ) -> ApiResult<()> {
-    let Credentials::Twilio { auth_token } = channel.credentials(&state.secret_key)? else {
+    let Credentials::Twilio { auth_token } = &channel.credentials else {
         return Err(rejected("twilio", "wrong_kind"));
     };
     // The URL Twilio requested: the public URL, this path, and the query string as sent.
@@ -82,13 +81,13 @@ pub async fn twilio(
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| CoreError::invalid("body", format!("not a form: {e}")))?;
     check_twilio(&state, &channel, &uri, &headers, &params)?;
-    let message = inbound::twilio_message(&channel, &params)
+    let message = inbound::twilio_message(&channel.channel, &params)
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
-    // Grouped with the other webhooks arriving meanwhile: one commit for many messages, and the
-    // 200 only once this one is durable.
+    // Batched with the other webhooks arriving meanwhile: a few statements and one commit for
+    // many messages, and the 200 only once this one is durable.
     let received = state
-        .db
-        .write_grouped(move |conn| inbound::receive(conn, &channel, &message))
+        .intake
+        .receive(Arriving::new(&channel.channel, message))
         .await?;
     if received == Received::Duplicate {
         metrics::counter!("herald_webhook_duplicates_total", "provider" => "twilio").increment(1);
@@ -120,8 +119,7 @@ pub async fn messenger_verify(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
-    let Credentials::Messenger { verify_token, .. } = channel.credentials(&state.secret_key)?
-    else {
+    let Credentials::Messenger { verify_token, .. } = &channel.credentials else {
         return Err(rejected("messenger", "wrong_kind"));
     };
     let token_matches = get("hub.verify_token").is_some_and(|given| {
@@ -150,7 +148,7 @@ pub async fn messenger(
     body: Bytes,
 ) -> ApiResult<StatusCode> {
     let channel = channel(&state, id, "messenger").await?;
-    let Credentials::Messenger { app_secret, .. } = channel.credentials(&state.secret_key)? else {
+    let Credentials::Messenger { app_secret, .. } = &channel.credentials else {
         return Err(rejected("messenger", "wrong_kind"));
     };
     let Some(signature) = header(&headers, "x-hub-signature-256") else {
@@ -159,17 +157,21 @@ pub async fn messenger(
     if !herald_providers::messenger::verify(app_secret.expose_secret(), &body, signature) {
         return Err(rejected("messenger", "mismatch"));
     }
-    let batch = inbound::messenger_events(&channel, &body)
+    let batch = inbound::messenger_events(&channel.channel, &body)
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
     state
         .db
         .write_grouped(move |conn| {
-            for message in &batch.messages {
-                inbound::receive(conn, &channel, message)?;
-            }
-            inbound::mark_delivered(conn, &channel, &batch.delivered)?;
+            let channel = &channel.channel;
+            let arriving: Vec<Arriving> = batch
+                .messages
+                .into_iter()
+                .map(|message| Arriving::new(channel, message))
+                .collect();
+            inbound::receive_all(conn, &arriving)?;
+            inbound::mark_delivered(conn, channel, &batch.delivered)?;
             for contact in &batch.read_by {
-                inbound::mark_read(conn, &channel, contact)?;
+                inbound::mark_read(conn, channel, contact)?;
             }
             Ok::<_, CoreError>(())
         })
@@ -208,7 +210,7 @@ pub async fn twilio_status(
         .write_grouped(move |conn| {
             herald_inbox::outbound::twilio_status(
                 conn,
-                &channel,
+                &channel.channel,
                 &sid,
                 &status,
                 error_code.as_deref(),

@@ -46,6 +46,7 @@ impl TestApp {
                 .with_source(std::sync::Arc::new(herald_mailbox::emails::EmailTimeline)),
             templates: herald_templates::Engine::default(),
             metrics: herald_http::metrics_handle(),
+            intake: herald_http::Intake::new(test.db.clone(), key.clone()),
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
