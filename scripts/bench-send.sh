@@ -4,7 +4,8 @@
 # 1. throughput, for each concurrency in CONCURRENCY (default "1 20"): Postfix's smtp-source
 #    sending MESSAGES messages over that many parallel sessions, then Herald
 #    (crates/runtime/examples/send_bench.rs) composing MESSAGES emails (not timed) and sending them
-#    through its job runner with at most that many SMTP conversations at once, on PostgreSQL (a
+#    through its job runner with at most that many SMTP sessions open (mail.smtp_sessions_per_server;
+#    the runner's default batches prepare and record the other sends meanwhile), on PostgreSQL (a
 #    fresh herald_bench_send database) and on SQLite (a temp file). Every message has a
 #    MESSAGE_BYTES body; smtp-source opens one SMTP session per message (without -d it
 #    disconnects after each message), Herald keeps its sessions for up to 30 messages
@@ -13,7 +14,7 @@
 #    message is a full MIME message (about 480 bytes of headers, smtp-source's about 100). A
 #    last smtp-source run with -d (sessions kept open) is a reference for connection reuse;
 # 2. scheduled-send lateness: LATE_EMAILS emails all due at the same moment, the runner (default
-#    [queue] settings) started before it; p50/p90/p99/max of sent_at − send_at, on PostgreSQL
+#    [queue] and [mail] settings: 3 SMTP sessions) started before it; p50/p90/p99/max of sent_at − send_at, on PostgreSQL
 #    and on SQLite.
 #
 #   scripts/bench-send.sh                               # MESSAGES=5000 LATE_EMAILS=10000

@@ -83,6 +83,10 @@ pub struct MailConfig {
     pub send_attempts: i32,
     /// Wait before a send's second attempt; doubled after each, up to 30 minutes.
     pub send_retry_secs: u64,
+    /// SMTP sessions a worker process keeps open at once to one server with one login (in use
+    /// and idle); more sends to it wait for a session. Providers limit a mailbox's concurrent
+    /// connections (Exchange Online: 3) and refuse or throttle past the limit.
+    pub smtp_sessions_per_server: usize,
     /// How far back the first sync of a mailbox reads.
     pub history_days: i64,
     /// Attachments larger than this are described but not stored.
@@ -98,6 +102,7 @@ impl Default for MailConfig {
             max_backoff_secs: 300,
             send_attempts: 5,
             send_retry_secs: 30,
+            smtp_sessions_per_server: 3,
             history_days: 90,
             max_attachment_bytes: 10 * 1024 * 1024,
         }
@@ -239,6 +244,11 @@ impl Config {
         if self.queue.workers == 0 || self.queue.batch_size < 1 {
             return Err(CoreError::Config(
                 "queue.workers and queue.batch_size must be at least 1".into(),
+            ));
+        }
+        if self.mail.smtp_sessions_per_server == 0 {
+            return Err(CoreError::Config(
+                "mail.smtp_sessions_per_server must be at least 1".into(),
             ));
         }
         // The lease is renewed every third of it, so it needs a few seconds of room.

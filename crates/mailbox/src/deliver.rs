@@ -45,8 +45,10 @@ pub struct DeliverSettings {
     /// Wait before the second attempt; doubled after each, up to `retry_max`.
     pub retry_base: Duration,
     pub retry_max: Duration,
-    /// The whole SMTP conversation of one attempt.
+    /// The whole SMTP conversation of one attempt, from when it has a session slot.
     pub timeout: Duration,
+    /// Sessions open at once to one server and login ([`crate::smtp_pool`]).
+    pub sessions_per_server: usize,
 }
 
 impl Default for DeliverSettings {
@@ -56,6 +58,7 @@ impl Default for DeliverSettings {
             retry_base: Duration::from_secs(30),
             retry_max: Duration::from_secs(1800),
             timeout: Duration::from_secs(120),
+            sessions_per_server: 3,
         }
     }
 }
@@ -374,12 +377,15 @@ pub async fn deliver(
         .chain(&attempt.bcc)
         .map(|p| p.address.clone())
         .collect();
-    let result = tokio::time::timeout(
+    let result = crate::smtp_pool::send(
+        &smtp,
+        settings.sessions_per_server,
         settings.timeout,
-        crate::smtp_pool::send(&smtp, &attempt.mailbox.address, &envelope, &raw),
+        &attempt.mailbox.address,
+        &envelope,
+        &raw,
     )
-    .await
-    .unwrap_or(Err(mail_send::Error::Timeout));
+    .await;
     let (outcome, delivered) = match result {
         Ok(()) => (
             Outcome::Sent {

@@ -6,13 +6,18 @@
 //! the same server starts with MAIL FROM. A session idle for [`IDLE_FOR`] or used for
 //! [`MESSAGES_PER_SESSION`] messages is closed with QUIT (servers cap both).
 //!
+//! Sessions open at once to one server and login are capped (`mail.smtp_sessions_per_server`):
+//! a send waits for a slot, then takes an idle session or opens one, and gives the slot back when
+//! its session is idle again or closed. Servers limit a login's concurrent connections; the sends
+//! waiting meanwhile have their database work done, so a few sessions carry many sends.
+//!
 //! A reused session may have been closed by the server meanwhile. Its MAIL FROM then fails before
 //! anything of the message was sent, so that one failure is not the send's: the send continues
 //! on a new session. Any failure after MAIL FROM is the send's, and the session is dropped.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::{LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use mail_send::SmtpClient;
@@ -20,6 +25,7 @@ use mail_send::smtp::message::Parameters;
 use secrecy::ExposeSecret;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
 use tokio_rustls::client::TlsStream;
 
 use crate::connect::{EHLO_NAME, Failure, Security, ServerSettings, smtp_builder};
@@ -46,6 +52,18 @@ struct Idle {
 
 /// Idle sessions by server and credentials; one per process, as sessions are per server.
 static IDLE: LazyLock<Mutex<HashMap<u64, Vec<Idle>>>> = LazyLock::new(Default::default);
+
+/// Session slots by server and credentials: the cap on sessions open at once.
+static SLOTS: LazyLock<Mutex<HashMap<u64, Arc<Semaphore>>>> = LazyLock::new(Default::default);
+
+fn slots(key: u64, sessions: usize) -> Arc<Semaphore> {
+    let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
+    Arc::clone(
+        slots
+            .entry(key)
+            .or_insert_with(|| Arc::new(Semaphore::new(sessions.max(1)))),
+    )
+}
 
 /// Sessions are shared only between identical settings: a changed password or TLS choice gets
 /// sessions of its own, and the old ones expire.
@@ -194,16 +212,36 @@ async fn rest<T: AsyncRead + AsyncWrite + Unpin>(
     client.data(raw).await.map(drop)
 }
 
-/// Sends one message: MAIL FROM on an idle session of the server when there is one that still
-/// answers, else on a new session; then RCPT TO each, DATA. The session is kept for the next
-/// send when the message was accepted.
+/// Sends one message once a session slot of the server is free (at most `sessions` open at
+/// once): MAIL FROM on an idle session when there is one that still answers, else on a new
+/// session; then RCPT TO each, DATA, all within `timeout`. The session is kept for the next send
+/// when the message was accepted.
 pub(crate) async fn send(
     settings: &ServerSettings,
+    sessions: usize,
+    timeout: Duration,
     from: &str,
     recipients: &[String],
     raw: &[u8],
 ) -> Result<(), mail_send::Error> {
     let key = key(settings);
+    // The slot is held until the session is idle again or gone.
+    let _slot = slots(key, sessions)
+        .acquire_owned()
+        .await
+        .map_err(|_| mail_send::Error::Timeout)?;
+    tokio::time::timeout(timeout, send_in_slot(key, settings, from, recipients, raw))
+        .await
+        .unwrap_or(Err(mail_send::Error::Timeout))
+}
+
+async fn send_in_slot(
+    key: u64,
+    settings: &ServerSettings,
+    from: &str,
+    recipients: &[String],
+    raw: &[u8],
+) -> Result<(), mail_send::Error> {
     let mut reused = None;
     while let Some(mut idle) = take_idle(key) {
         // A failure here is a session the server closed while idle: nothing was sent.

@@ -16,15 +16,12 @@
 //! and, once all are sent, reads the lateness `emails.sent_at − email_sends.send_at` of each from
 //! the database.
 //!
-//! Concurrency: a runner loop keeps up to two batches in flight (`2 × batch_size` jobs running),
-//! so no `[queue]` setting alone gives exactly C sends at once (workers = C, batch 1 gives 2C; an
-//! odd C, 1 above all, cannot be had). `--concurrency C` therefore runs one loop with
-//! `batch_size = C` (one claim and one acknowledgement per C messages) and wraps the send job in
-//! a semaphore of C permits: C SMTP conversations run at once while the loop's second batch is
-//! claimed and waits for a permit, as smtp-source's C sessions each start their next message at
-//! once. Without `--concurrency` the runner has the configured defaults (`[queue]`: 2 loops,
-//! batch 16: up to 64 sends at once) and no cap. `--workers` and `--batch` override the layout;
-//! `peak_in_flight` in the output is the most sends that really ran at once.
+//! Concurrency: `--concurrency C` is the number of SMTP sessions, as smtp-source's `-s C`:
+//! `mail.smtp_sessions_per_server = C`, so at most C sessions are open to the sink while the
+//! runner's default batches (`[queue]`: 2 loops, batch 16: up to 64 sends at once) do the other
+//! sends' database work meanwhile. Without it the configured default cap applies. `--workers` and
+//! `--batch` change the runner's layout; `peak_in_flight` in the output is the most send jobs that
+//! ran at once (most of them waiting for a session).
 //!
 //! Prints one JSON line; `scripts/bench-send.sh` runs it beside Postfix's smtp-source.
 
@@ -53,7 +50,7 @@ use herald_runtime::mail::SendEmailJob;
 use herald_scheduler::{BackgroundJob, JobError, QueueWaker, Runner, RunnerSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 struct Args {
@@ -127,10 +124,9 @@ fn args() -> Args {
     args
 }
 
-/// Counts and caps the sends of the run; the wrapped job reaches it through a static because
+/// Counts the sends of the run; the wrapped job reaches it through a static because
 /// `SendEmailJob`'s context is the runtime's `JobContext`.
 struct Meter {
-    permits: Semaphore,
     in_flight: AtomicUsize,
     peak: AtomicUsize,
     done: AtomicUsize,
@@ -142,7 +138,7 @@ struct Meter {
 
 static METER: OnceLock<Meter> = OnceLock::new();
 
-/// The runtime's send job, counted, and capped at `--concurrency` sends at once.
+/// The runtime's send job, counted.
 #[derive(Serialize, Deserialize)]
 #[serde(transparent)]
 struct MeteredSend(SendEmailJob);
@@ -155,7 +151,6 @@ impl BackgroundJob for MeteredSend {
 
     async fn run(&self, ctx: JobContext) -> Result<(), JobError> {
         let meter = METER.get().expect("meter");
-        let _permit = meter.permits.acquire().await.expect("semaphore");
         let in_flight = meter.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         meter.peak.fetch_max(in_flight, Ordering::SeqCst);
         let started = Instant::now();
@@ -370,19 +365,15 @@ async fn main() {
     let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
 
     let mut config = Config::default();
-    let (workers, batch, cap) = match args.concurrency {
-        Some(c) => {
-            let c = c.max(1);
-            (1, i64::try_from(c).expect("--concurrency"), c)
-        }
-        None => (
-            config.queue.workers,
-            config.queue.batch_size,
-            Semaphore::MAX_PERMITS,
-        ),
-    };
-    config.queue.workers = args.workers.unwrap_or(workers);
-    config.queue.batch_size = args.batch.unwrap_or(batch);
+    if let Some(sessions) = args.concurrency {
+        config.mail.smtp_sessions_per_server = sessions.max(1);
+    }
+    if let Some(workers) = args.workers {
+        config.queue.workers = workers;
+    }
+    if let Some(batch) = args.batch {
+        config.queue.batch_size = batch;
+    }
     if let Some(ms) = args.poll_interval_ms {
         config.queue.poll_interval_ms = ms;
     }
@@ -390,7 +381,6 @@ async fn main() {
     let config = Arc::new(config);
     METER
         .set(Meter {
-            permits: Semaphore::new(cap),
             in_flight: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             done: AtomicUsize::new(0),
@@ -493,7 +483,7 @@ async fn main() {
         "backend": backend,
         "mode": if args.scheduled { "scheduled" } else { "throughput" },
         "emails": args.emails,
-        "concurrency": args.concurrency,
+        "smtp_sessions": config.mail.smtp_sessions_per_server,
         "workers": config.queue.workers,
         "batch": config.queue.batch_size,
         "pool": args.pool,

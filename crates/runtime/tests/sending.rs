@@ -127,6 +127,10 @@ impl Env {
     async fn work(&self) {
         let mut config = herald_core::Config::default();
         config.mail.send_retry_secs = 1;
+        self.work_with(config).await;
+    }
+
+    async fn work_with(&self, config: herald_core::Config) {
         let context = JobContext::new(
             self.test.db.clone(),
             Arc::new(config),
@@ -519,7 +523,35 @@ async fn smtp_sessions_are_kept_between_sends_and_replaced_when_dropped(test: Te
     assert_eq!(connections.load(SeqCst), 2);
 }
 
+/// Many sends due together to one server use at most `mail.smtp_sessions_per_server`
+/// sessions: the others wait for a free one.
+async fn sends_to_one_server_share_its_capped_sessions(test: TestDb) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let env_ = Env::new(test, "capped");
+    let sink = Sink::start(None, &[]);
+    let (relay, connections) = counting_relay(sink.port).await;
+    env_.mailbox(("127.0.0.1".into(), relay, "none"), false);
+    let emails: Vec<_> = (0..8)
+        .map(|n| {
+            env_.compose(json!({"subject": format!("Capped {} #{n}", env_.tag)}))
+                .unwrap()
+        })
+        .collect();
+    let mut config = herald_core::Config::default();
+    config.mail.smtp_sessions_per_server = 2;
+    // The runner's default batches run all eight at once.
+    env_.work_with(config).await;
+    for email in &emails {
+        let sent = env_.email(email.id);
+        assert_eq!(sent.status, "sent", "{sent:?}");
+        assert_eq!(sink.received(&sent.message_id.unwrap()), 1);
+    }
+    let opened = connections.load(SeqCst);
+    assert!((1..=2).contains(&opened), "{opened} sessions for 8 sends");
+}
+
 backend_tests!(
+    sends_to_one_server_share_its_capped_sessions,
     an_email_goes_through_the_mta_and_its_sent_copy_syncs_back_once,
     a_temporary_failure_is_retried_until_it_goes_through,
     a_permanent_failure_fails_at_once_and_a_retry_really_sends,
