@@ -141,12 +141,12 @@ for c in $CONCURRENCY; do
     measure smtp-source - "$c" "$source_bin" -s "$c" -m "$MESSAGES" -l "$MESSAGE_BYTES" \
         -f owner@bench.example -t bob@bench.example "127.0.0.1:$port"
 
-    log "herald on PostgreSQL: $MESSAGES emails, at most $c sends at once"
+    log "herald on PostgreSQL: $MESSAGES emails, at most $c SMTP sessions"
     fresh_pg
     measure herald postgres "$c" "$bench" --database-url "$pg_url" --sink-port "$port" \
         --emails "$MESSAGES" --concurrency "$c" --message-bytes "$MESSAGE_BYTES"
 
-    log "herald on SQLite: $MESSAGES emails, at most $c sends at once"
+    log "herald on SQLite: $MESSAGES emails, at most $c SMTP sessions"
     rm -f "$tmp"/send.db*
     measure herald sqlite "$c" "$bench" --database-url "sqlite://$tmp/send.db" --sink-port "$port" \
         --emails "$MESSAGES" --concurrency "$c" --message-bytes "$MESSAGE_BYTES"
