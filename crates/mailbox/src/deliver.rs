@@ -6,11 +6,12 @@
 //! most clients collapse). Nothing else sends twice: the status and the token are checked and
 //! set in one transaction before the SMTP conversation starts.
 //!
-//! The start and the outcome of a send are grouped writes ([`Db::write_grouped`]): those of
-//! sends running at the same time share transactions, a savepoint each, so a burst costs a few
-//! commits instead of two per message. Messages go out over reused SMTP sessions
+//! The start and the outcome of a send are batched ([`SendWrites`]): those of sends running at
+//! the same time are written together with a few set-based statements and one commit, so a burst
+//! costs a few statements per batch instead of several per message. Messages go out over reused SMTP sessions
 //! ([`crate::smtp_pool`]).
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine as _;
@@ -19,7 +20,7 @@ use chrono::NaiveDateTime;
 use diesel::prelude::*;
 use herald_core::crypto::SecretKey;
 use herald_core::time::now;
-use herald_core::{CoreError, Db, DbConnection};
+use herald_core::{CoreError, CoreResult, Db, DbConnection, WriteBatcher};
 use mail_send::mail_builder::MessageBuilder;
 use mail_send::mail_builder::headers::address::Address;
 
@@ -167,61 +168,87 @@ fn build_message(email: &Outgoing, from: &str, date: NaiveDateTime) -> Result<Ve
         .map_err(|e| CoreError::Unavailable(format!("building the message failed: {e}")))
 }
 
-/// Starts an attempt if the job is still the email's: `sending`, attempts + 1.
-fn start(conn: &mut DbConnection, job: &SendEmail) -> Result<Option<Attempt>, CoreError> {
-    conn.write(|conn| {
-        let found: Option<((String, i32, String), Outgoing)> = email_sends::table
-            .inner_join(emails::table)
-            .filter(email_sends::email_id.eq(job.email_id))
-            .select((
-                (email_sends::token, email_sends::attempts, email_sends::bcc),
-                (
-                    emails::status,
-                    emails::mailbox_id,
-                    emails::message_id,
-                    emails::subject,
-                    emails::from_name,
-                    emails::participants,
-                    emails::text_body,
-                    emails::html_body,
-                    emails::in_reply_to,
-                    emails::message_references,
-                ),
-            ))
-            .first(conn)
-            .optional()?;
-        let Some(((token, attempts, bcc), email)) = found else {
-            return Ok(None);
-        };
-        if token != job.token || !["scheduled", "sending"].contains(&email.status.as_str()) {
-            return Ok(None);
-        }
+/// Starts the attempts of the jobs that are still their email's: `sending`, attempts + 1 (call
+/// inside a write transaction). A few statements for the whole batch; one result per job.
+fn start_all(conn: &mut DbConnection, jobs: &[SendEmail]) -> CoreResult<Vec<Option<Attempt>>> {
+    let ids: Vec<i64> = jobs.iter().map(|j| j.email_id).collect();
+    let mut found: HashMap<i64, ((String, i32, String), Outgoing)> = email_sends::table
+        .inner_join(emails::table)
+        .filter(email_sends::email_id.eq_any(&ids))
+        .select((
+            email_sends::email_id,
+            (email_sends::token, email_sends::attempts, email_sends::bcc),
+            (
+                emails::status,
+                emails::mailbox_id,
+                emails::message_id,
+                emails::subject,
+                emails::from_name,
+                emails::participants,
+                emails::text_body,
+                emails::html_body,
+                emails::in_reply_to,
+                emails::message_references,
+            ),
+        ))
+        .load::<(i64, (String, i32, String), Outgoing)>(conn)?
+        .into_iter()
+        .map(|(id, send, email)| (id, (send, email)))
+        .collect();
+    // Only the job holding the email's token goes on; a cancelled, rescheduled or retried email
+    // has another token (or another status) and its old job does nothing.
+    found.retain(|id, ((token, _, _), email)| {
+        jobs.iter().any(|j| j.email_id == *id && j.token == *token)
+            && ["scheduled", "sending"].contains(&email.status.as_str())
+    });
+    if !found.is_empty() {
+        let going: Vec<i64> = found.keys().copied().collect();
         let at = now();
-        diesel::update(emails::table.find(job.email_id))
+        // emails before email_sends, as everywhere: the same lock order as cancel and PATCH.
+        diesel::update(emails::table.filter(emails::id.eq_any(&going)))
             .set((emails::status.eq("sending"), emails::updated_at.eq(at)))
             .execute(conn)?;
-        diesel::update(email_sends::table.find(job.email_id))
+        diesel::update(email_sends::table.filter(email_sends::email_id.eq_any(&going)))
             .set((
-                email_sends::attempts.eq(attempts + 1),
+                email_sends::attempts.eq(email_sends::attempts + 1),
                 email_sends::started_at.eq(Some(at)),
                 email_sends::updated_at.eq(at),
             ))
             .execute(conn)?;
-        let mailbox = match email.mailbox_id {
-            Some(id) => Mailbox::find_any(conn, id).ok(),
-            None => None,
+    }
+    let mut mailboxes: HashMap<i64, Option<Mailbox>> = HashMap::new();
+    for id in found.values().filter_map(|(_, email)| email.mailbox_id) {
+        mailboxes
+            .entry(id)
+            .or_insert_with(|| Mailbox::find_any(conn, id).ok());
+    }
+    let mut attempts = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        // A job twice in one batch starts once.
+        let Some(((_, sent_before, bcc), email)) = found.remove(&job.email_id) else {
+            attempts.push(None);
+            continue;
         };
+        let mailbox = email
+            .mailbox_id
+            .and_then(|id| mailboxes.get(&id).cloned().flatten());
         let Some(mailbox) = mailbox else {
-            finish(conn, job, Outcome::Failed("its mailbox was removed".into()))?;
-            return Ok(None);
+            finish(
+                conn,
+                job,
+                &Outcome::Failed("its mailbox was removed".into()),
+            )?;
+            attempts.push(None);
+            continue;
         };
-        Ok(Some(Attempt {
+        attempts.push(Some(Attempt {
             email,
             bcc: serde_json::from_str(&bcc).unwrap_or_default(),
-            attempts: attempts + 1,
+            attempts: sent_before + 1,
             mailbox,
-        }))
-    })
+        }));
+    }
+    Ok(attempts)
 }
 
 enum Outcome {
@@ -234,7 +261,7 @@ enum Outcome {
 }
 
 /// Records an attempt's outcome, if the job is still the email's (its token in every WHERE).
-fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<(), CoreError> {
+fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: &Outcome) -> Result<(), CoreError> {
     conn.write(|conn| {
         let at = now();
         let this_send = email_sends::table
@@ -284,7 +311,7 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
                     .execute(conn)?;
                 diesel::update(this_send)
                     .set((
-                        email_sends::failure_reason.eq(Some(reason)),
+                        email_sends::failure_reason.eq(Some(reason.as_str())),
                         email_sends::updated_at.eq(at),
                     ))
                     .execute(conn)?;
@@ -300,6 +327,67 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: Outcome) -> Result<
         }
         Ok(())
     })
+}
+
+/// Records the outcomes of a batch of attempts (call inside a write transaction): the plain
+/// `sent` ones (no sent copy to keep) in two statements for all, the others one by one.
+fn finish_all(conn: &mut DbConnection, outcomes: &[(SendEmail, Outcome)]) -> CoreResult<Vec<()>> {
+    let (plain, other): (Vec<_>, Vec<_>) = outcomes
+        .iter()
+        .partition(|(_, outcome)| matches!(outcome, Outcome::Sent { raw: None }));
+    if !plain.is_empty() {
+        let at = now();
+        let ids: Vec<i64> = plain.iter().map(|(job, _)| job.email_id).collect();
+        let tokens: Vec<&str> = plain.iter().map(|(job, _)| job.token.as_str()).collect();
+        // Tokens are random and each belongs to one email: matching any of the batch's is
+        // matching the email's own.
+        let this_send = email_sends::table
+            .filter(email_sends::email_id.eq(emails::id))
+            .filter(email_sends::token.eq_any(&tokens));
+        diesel::update(
+            emails::table
+                .filter(emails::id.eq_any(&ids))
+                .filter(emails::status.eq("sending"))
+                .filter(diesel::dsl::exists(this_send)),
+        )
+        .set((
+            emails::status.eq("sent"),
+            emails::sent_at.eq(Some(at)),
+            emails::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+        diesel::update(
+            email_sends::table
+                .filter(email_sends::email_id.eq_any(&ids))
+                .filter(email_sends::token.eq_any(&tokens)),
+        )
+        .set((
+            email_sends::failure_reason.eq(None::<String>),
+            email_sends::raw_message.eq(None::<String>),
+            email_sends::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    }
+    for (job, outcome) in other {
+        finish(conn, job, outcome)?;
+    }
+    Ok(vec![(); outcomes.len()])
+}
+
+/// The send job's writes, shared by a process's sends: the starts and the outcomes of sends
+/// running at the same time are written in batches, a few statements and one commit for many.
+pub struct SendWrites {
+    starts: WriteBatcher<SendEmail, Option<Attempt>>,
+    outcomes: WriteBatcher<(SendEmail, Outcome), ()>,
+}
+
+impl SendWrites {
+    pub fn new(db: Db) -> Self {
+        SendWrites {
+            starts: WriteBatcher::new(db.clone(), start_all),
+            outcomes: WriteBatcher::new(db, finish_all),
+        }
+    }
 }
 
 /// Whether a failure may pass, and what it means to a person.
@@ -344,16 +432,12 @@ fn classify(error: mail_send::Error) -> (bool, String) {
 
 /// Runs one attempt of a send job.
 pub async fn deliver(
-    db: &Db,
+    writes: &SendWrites,
     key: &SecretKey,
     job: &SendEmail,
     settings: &DeliverSettings,
 ) -> Result<Delivered, CoreError> {
-    let started = {
-        let job = job.clone();
-        db.write_grouped(move |conn| start(conn, &job)).await?
-    };
-    let Some(attempt) = started else {
+    let Some(attempt) = writes.starts.write(job.clone()).await? else {
         return Ok(Delivered::Skipped);
     };
     let Some(smtp) = attempt
@@ -362,8 +446,9 @@ pub async fn deliver(
         .filter(|_| attempt.mailbox.sending_enabled)
     else {
         let reason = format!("sending is not enabled on {}", attempt.mailbox.address);
-        let (job, outcome) = (job.clone(), Outcome::Failed(reason.clone()));
-        db.write_grouped(move |conn| finish(conn, &job, outcome))
+        writes
+            .outcomes
+            .write((job.clone(), Outcome::Failed(reason.clone())))
             .await?;
         return Ok(Delivered::Failed(reason));
     };
@@ -415,9 +500,7 @@ pub async fn deliver(
             }
         }
     };
-    let job = job.clone();
-    db.write_grouped(move |conn| finish(conn, &job, outcome))
-        .await?;
+    writes.outcomes.write((job.clone(), outcome)).await?;
     metrics::counter!("herald_emails_sent_total", "outcome" => match &delivered {
         Delivered::Sent => "sent",
         Delivered::Failed(_) => "failed",

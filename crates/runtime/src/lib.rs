@@ -23,11 +23,14 @@ pub struct JobContext {
     pub config: Arc<Config>,
     pub secret_key: SecretKey,
     pub waker: QueueWaker,
+    /// The send jobs' batched writes, one per process.
+    pub sends: Arc<herald_mailbox::deliver::SendWrites>,
 }
 
 impl JobContext {
     pub fn new(db: Db, config: Arc<Config>, secret_key: SecretKey, waker: QueueWaker) -> Self {
         JobContext {
+            sends: Arc::new(herald_mailbox::deliver::SendWrites::new(db.clone())),
             db,
             config,
             secret_key,

@@ -82,7 +82,7 @@ impl BackgroundJob for SendEmailJob {
             sessions_per_server: mail.smtp_sessions_per_server.max(1),
             ..DeliverSettings::default()
         };
-        match deliver(&ctx.db, &ctx.secret_key, &self.0, &settings)
+        match deliver(&ctx.sends, &ctx.secret_key, &self.0, &settings)
             .await
             .map_err(JobError::temporary)?
         {

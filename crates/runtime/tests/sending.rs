@@ -550,7 +550,45 @@ async fn sends_to_one_server_share_its_capped_sessions(test: TestDb) {
     assert!((1..=2).contains(&opened), "{opened} sessions for 8 sends");
 }
 
+/// Sends started and recorded in batches: a job whose token is not its email's (one left
+/// behind by a reschedule, say) does nothing, beside the jobs that send.
+async fn a_batch_of_sends_skips_a_job_that_is_not_its_emails(test: TestDb) {
+    let env_ = Env::new(test, "batch");
+    let sink = Sink::start(None, &[]);
+    env_.sink_mailbox(&sink);
+    let emails: Vec<_> = (0..3)
+        .map(|n| {
+            env_.compose(json!({"subject": format!("Batch {} #{n}", env_.tag)}))
+                .unwrap()
+        })
+        .collect();
+    let payload = serde_json::to_string(&outbox::SendEmail {
+        email_id: emails[1].id,
+        token: "not-its-token".into(),
+    })
+    .unwrap();
+    herald_scheduler::storage::enqueue(
+        &mut env_.test.connect(),
+        &herald_scheduler::storage::NewJob {
+            job_type: outbox::SEND_JOB,
+            queue: "mail",
+            payload: &payload,
+            max_attempts: 25,
+            run_at: herald_core::time::now(),
+        },
+    )
+    .unwrap();
+    env_.work().await;
+    for email in &emails {
+        let sent = env_.email(email.id);
+        assert_eq!(sent.status, "sent", "{sent:?}");
+        assert_eq!(sent.send_attempts, Some(1), "{sent:?}");
+        assert_eq!(sink.received(&sent.message_id.unwrap()), 1, "sent once");
+    }
+}
+
 backend_tests!(
+    a_batch_of_sends_skips_a_job_that_is_not_its_emails,
     sends_to_one_server_share_its_capped_sessions,
     an_email_goes_through_the_mta_and_its_sent_copy_syncs_back_once,
     a_temporary_failure_is_retried_until_it_goes_through,
