@@ -205,9 +205,15 @@ fn start_all(conn: &mut DbConnection, jobs: &[SendEmail]) -> CoreResult<Vec<Opti
         let going: Vec<i64> = found.keys().copied().collect();
         let at = now();
         // emails before email_sends, as everywhere: the same lock order as cancel and PATCH.
-        diesel::update(emails::table.filter(emails::id.eq_any(&going)))
-            .set((emails::status.eq("sending"), emails::updated_at.eq(at)))
-            .execute(conn)?;
+        // An email composed to go now is `sending` already: its row (with the bodies) is left
+        // as it is.
+        diesel::update(
+            emails::table
+                .filter(emails::id.eq_any(&going))
+                .filter(emails::status.ne("sending")),
+        )
+        .set((emails::status.eq("sending"), emails::updated_at.eq(at)))
+        .execute(conn)?;
         diesel::update(email_sends::table.filter(email_sends::email_id.eq_any(&going)))
             .set((
                 email_sends::attempts.eq(email_sends::attempts + 1),
