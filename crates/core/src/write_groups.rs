@@ -1,6 +1,6 @@
 //! Group commit for small concurrent writes ([`Db::write_grouped`]): webhook messages, send
 //! starts and outcomes; and [`WriteBatcher`], which writes many requests' items of one kind with
-//! a few set-based statements for the whole batch.
+//! a few set-based statements for the whole batch, several batches at once on PostgreSQL.
 //!
 //! Each such write on its own is a transaction with a durable commit: on PostgreSQL a WAL flush
 //! and a BEGIN/COMMIT round trip each, on SQLite a turn at the single write lock. Here the
@@ -15,9 +15,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::db::{Db, DbConnection};
+use crate::db::{BackendKind, Db, DbConnection};
 use crate::error::{CoreError, CoreResult};
 
 /// Most writes in one group: a burst's transactions stay short.
@@ -118,9 +118,12 @@ pub type BatchWrite<I, O> = fn(&mut DbConnection, &[I]) -> CoreResult<Vec<O>>;
 type Pending<I, O> = (I, oneshot::Sender<CoreResult<O>>);
 
 /// Items of one kind from many concurrent requests, written by one function over the whole batch
-/// (a few set-based statements instead of a few per item). A batch is one write of the grouped
-/// writes, so it shares their single writer and their commit; when a batch fails, its items are
-/// written again one by one, so a bad item fails alone and the others are stored.
+/// (a few set-based statements instead of a few per item), each batch in a transaction of its
+/// own. A batch is taken when a writer is free, so items gather while the writers are busy: on
+/// PostgreSQL [`WriteBatcher::POSTGRES_WRITERS`] batches are written at once (their commits
+/// overlap; the write function must take its row locks in a consistent order), on SQLite one
+/// (it has one writer anyway). When a batch fails, its items are written again one by one, so a
+/// bad item fails alone and the others are stored.
 pub struct WriteBatcher<I, O> {
     db: Db,
     write: BatchWrite<I, O>,
@@ -132,6 +135,8 @@ where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
+    pub const POSTGRES_WRITERS: usize = 4;
+
     pub fn new(db: Db, write: BatchWrite<I, O>) -> Self {
         Self {
             db,
@@ -163,36 +168,66 @@ async fn write_batches<I, O>(
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
+    let writers = Arc::new(Semaphore::new(match db.backend() {
+        BackendKind::Postgres => WriteBatcher::<I, O>::POSTGRES_WRITERS,
+        BackendKind::Sqlite => 1,
+    }));
     let mut taken = Vec::with_capacity(GROUP_MAX);
     loop {
+        let Ok(writer) = Arc::clone(&writers).acquire_owned().await else {
+            return;
+        };
         if pending.recv_many(&mut taken, GROUP_MAX).await == 0 {
             return;
         }
         metrics::histogram!("herald_db_write_batch_size").record(taken.len() as f64);
         let (items, replies): (Vec<I>, Vec<_>) = taken.drain(..).unzip();
-        let items = Arc::new(items);
-        let batch = Arc::clone(&items);
-        let written = db.write_grouped(move |conn| write(conn, &batch)).await;
-        match written {
-            Ok(outputs) => {
-                // A reply left without an output (a write that broke its contract) sees its
-                // channel closed: "not written".
-                for (reply, output) in replies.into_iter().zip(outputs) {
-                    let _ = reply.send(Ok(output));
-                }
+        let db = db.clone();
+        tokio::spawn(async move {
+            write_batch(&db, write, items, replies).await;
+            drop(writer);
+        });
+    }
+}
+
+async fn write_batch<I, O>(
+    db: &Db,
+    write: BatchWrite<I, O>,
+    items: Vec<I>,
+    replies: Vec<oneshot::Sender<CoreResult<O>>>,
+) where
+    I: Send + Sync + 'static,
+    O: Send + 'static,
+{
+    let items = Arc::new(items);
+    let batch = Arc::clone(&items);
+    let written = db
+        .run(move |conn| conn.write(|conn| write(conn, &batch)))
+        .await;
+    match written {
+        Ok(outputs) => {
+            // A reply left without an output (a write that broke its contract) sees its channel
+            // closed: "not written".
+            for (reply, output) in replies.into_iter().zip(outputs) {
+                let _ = reply.send(Ok(output));
             }
-            Err(e) if replies.len() == 1 => {
-                let _ = replies.into_iter().next().map(|reply| reply.send(Err(e)));
-            }
-            Err(_) => {
-                for (n, reply) in replies.into_iter().enumerate() {
+        }
+        Err(e) if replies.len() == 1 => {
+            let _ = replies.into_iter().next().map(|reply| reply.send(Err(e)));
+        }
+        Err(_) => {
+            // Each alone, all at once: one bad item costs its batch one more round.
+            let alone: Vec<_> = (0..replies.len())
+                .map(|n| {
                     let items = Arc::clone(&items);
-                    let alone = db
-                        .write_grouped(move |conn| write(conn, std::slice::from_ref(&items[n])))
-                        .await
-                        .and_then(|mut one| one.pop().ok_or_else(not_written));
-                    let _ = reply.send(alone);
-                }
+                    db.run(move |conn| {
+                        conn.write(|conn| write(conn, std::slice::from_ref(&items[n])))
+                    })
+                })
+                .collect();
+            let results = futures::future::join_all(alone).await;
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result.and_then(|mut one| one.pop().ok_or_else(not_written)));
             }
         }
     }

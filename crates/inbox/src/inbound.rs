@@ -143,6 +143,40 @@ fn conversations_of(
         .collect())
 }
 
+/// Locks the found conversations in id order on PostgreSQL and reads their status and name again
+/// under the lock (a close or an assignment may have come between). SQLite's write transaction
+/// already excludes every other writer.
+fn lock_conversations(
+    conn: &mut DbConnection,
+    found: &mut HashMap<(i64, String), Found>,
+) -> QueryResult<()> {
+    // Backend arm: SQLite has no FOR UPDATE.
+    let DbConnection::Postgres(c) = conn else {
+        return Ok(());
+    };
+    let ids: Vec<i64> = found.values().map(|f| f.id).collect();
+    let locked: HashMap<i64, (String, Option<String>)> = conversations::table
+        .filter(conversations::id.eq_any(&ids))
+        .order(conversations::id)
+        .select((
+            conversations::id,
+            conversations::status,
+            conversations::contact_name,
+        ))
+        .for_update()
+        .load::<(i64, String, Option<String>)>(c)?
+        .into_iter()
+        .map(|(id, status, name)| (id, (status, name)))
+        .collect();
+    for f in found.values_mut() {
+        if let Some((status, name)) = locked.get(&f.id) {
+            f.status.clone_from(status);
+            f.contact_name.clone_from(name);
+        }
+    }
+    Ok(())
+}
+
 /// What a batch brings to one conversation.
 #[derive(Default)]
 struct Visit<'a> {
@@ -163,7 +197,14 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
         return Ok(Vec::new());
     }
     let at = now();
-    let keys: Vec<_> = arriving
+    // Row locks in one order (provider ids, new conversations, conversations by id), so batches
+    // written at once on PostgreSQL wait for each other instead of deadlocking.
+    let mut sorted: Vec<&Arriving> = arriving.iter().collect();
+    sorted.sort_by(|a, b| {
+        (a.channel_id, &a.message.provider_message_id)
+            .cmp(&(b.channel_id, &b.message.provider_message_id))
+    });
+    let keys: Vec<_> = sorted
         .iter()
         .map(|a| {
             (
@@ -236,6 +277,10 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
         };
         found.extend(conversations_of(conn, &missing.keys().copied().collect())?);
     }
+    lock_conversations(conn, &mut found)?;
+    // The arrival's time is taken once the conversations are this batch's: a batch written at
+    // the same time waits for them, so messages and `last_message_at` follow the commit order.
+    let at = now();
     let conversation = |a: &Arriving| {
         found
             .get(&(a.channel_id, a.message.contact_id.clone()))

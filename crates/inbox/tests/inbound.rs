@@ -145,6 +145,41 @@ async fn a_batch_stores_each_message_once_in_order(test: TestDb) {
     // A batch of repeats only stores nothing.
     let again = conn.write(|c| receive_all(c, &batch[..2])).unwrap();
     assert_eq!(again, [Received::Duplicate, Received::Duplicate]);
+
+    // Another account's page with a contact and a message id of the same names: its own.
+    let other_account = Account::create(&mut conn, "other", Plan::Base).unwrap();
+    let other_owner = User::create(
+        &mut conn,
+        other_account.id,
+        &NewUser {
+            email: "owner@other.example.com".into(),
+            name: "Other".into(),
+            role: None,
+        },
+    )
+    .unwrap();
+    let other_input: ChannelInput = serde_json::from_value(serde_json::json!({
+        "kind": "messenger", "page_id": "999", "page_access_token": "EAAC",
+        "app_secret": "secret", "verify_token": "verify"
+    }))
+    .unwrap();
+    let other = Channel::create(&mut conn, &key, &other_owner, &other_input).unwrap();
+    let mixed = [
+        Arriving::new(&other, message("ann", "m1", Some("Ann B"), false)),
+        arrive(message("ann", "m5", None, false)),
+    ];
+    let received = conn.write(|c| receive_all(c, &mixed)).unwrap();
+    let (theirs, _) = stored(&received[0]);
+    let (ours, _) = stored(&received[1]);
+    assert_eq!(ours, ann);
+    assert_ne!(theirs, ann);
+    let theirs = conversations::find(&mut conn, &other_owner, theirs).unwrap();
+    assert_eq!(theirs.conversation.channel_id, other.id);
+    assert_eq!(theirs.conversation.contact_name.as_deref(), Some("Ann B"));
+    assert!(
+        conversations::find(&mut conn, &owner, theirs.conversation.id).is_err(),
+        "not in the first account"
+    );
 }
 
 backend_tests!(a_batch_stores_each_message_once_in_order);

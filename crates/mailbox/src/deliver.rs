@@ -172,6 +172,17 @@ fn build_message(email: &Outgoing, from: &str, date: NaiveDateTime) -> Result<Ve
 /// inside a write transaction). A few statements for the whole batch; one result per job.
 fn start_all(conn: &mut DbConnection, jobs: &[SendEmail]) -> CoreResult<Vec<Option<Attempt>>> {
     let ids: Vec<i64> = jobs.iter().map(|j| j.email_id).collect();
+    // Backend arm: on PostgreSQL the emails are locked first, in id order (emails before
+    // email_sends, as cancel, reschedule and PATCH lock them), so none of them changes between
+    // this read and the updates. SQLite's write transaction already excludes other writers.
+    if let DbConnection::Postgres(c) = conn {
+        emails::table
+            .filter(emails::id.eq_any(&ids))
+            .order(emails::id)
+            .select(emails::id)
+            .for_update()
+            .load::<i64>(c)?;
+    }
     let mut found: HashMap<i64, ((String, i32, String), Outgoing)> = email_sends::table
         .inner_join(emails::table)
         .filter(email_sends::email_id.eq_any(&ids))
@@ -230,8 +241,14 @@ fn start_all(conn: &mut DbConnection, jobs: &[SendEmail]) -> CoreResult<Vec<Opti
     }
     let mut attempts = Vec::with_capacity(jobs.len());
     for job in jobs {
-        // A job twice in one batch starts once.
-        let Some(((_, sent_before, bcc), email)) = found.remove(&job.email_id) else {
+        // The attempt is the job's that holds the email's token; a job twice in one batch
+        // starts once.
+        let holds_token = found
+            .get(&job.email_id)
+            .is_some_and(|((token, _, _), _)| *token == job.token);
+        let Some(((_, sent_before, bcc), email)) =
+            holds_token.then(|| found.remove(&job.email_id)).flatten()
+        else {
             attempts.push(None);
             continue;
         };
@@ -668,4 +685,77 @@ mod tests {
         assert!(reason.contains("550 nope"), "{reason}");
         assert!(classify(mail_send::Error::Timeout).0);
     }
+
+    /// A started batch holding a stale job of an email before the email's own job: the attempt
+    /// is the current job's, whichever comes first.
+    async fn only_the_job_holding_the_token_starts(test: herald_testdb::TestDb) {
+        use herald_core::domain::Plan;
+        use herald_core::identity::{Account, NewUser, User};
+        use herald_core::records::{Person, Record};
+
+        let mut conn = test.connect();
+        let account = Account::create(&mut conn, "Start", Plan::Automation).unwrap();
+        let user = User::create(
+            &mut conn,
+            account.id,
+            &NewUser {
+                email: "owner@start.example.com".into(),
+                name: "Owner".into(),
+                role: None,
+            },
+        )
+        .unwrap();
+        let person = <Person as Record>::create(
+            &mut conn,
+            account.id,
+            &serde_json::from_value(
+                serde_json::json!({"first_name": "Bob", "emails": ["bob@herald.test"]}),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let key = SecretKey::from_base64(&SecretKey::generate_base64()).unwrap();
+        let server = serde_json::json!({"host": "127.0.0.1", "port": 1, "security": "none",
+            "username": "alice@herald.test", "password": "pass"});
+        let input: crate::MailboxInput = serde_json::from_value(serde_json::json!({
+            "address": "alice@herald.test", "imap": server, "smtp": server,
+            "sending_enabled": true, "save_sent_copy": false
+        }))
+        .unwrap();
+        let limits = herald_core::config::PlanLimits::default();
+        let draft = crate::Draft::prepare(&mut conn, limits, &user, &input).unwrap();
+        conn.write(|c| draft.insert(c, &key, limits, account.id))
+            .unwrap();
+        let compose: crate::outbox::ComposeInput = serde_json::from_value(serde_json::json!({
+            "record": {"type": "person", "id": person.id}, "subject": "Hi", "text": "Hello"
+        }))
+        .unwrap();
+        let engine = herald_templates::Engine::default();
+        let email = conn
+            .write(|c| crate::outbox::compose(c, &engine, &user, &compose, None))
+            .unwrap();
+        let token: String = email_sends::table
+            .find(email.id)
+            .select(email_sends::token)
+            .first(&mut conn)
+            .unwrap();
+        let current = SendEmail {
+            email_id: email.id,
+            token,
+        };
+        let stale = SendEmail {
+            email_id: email.id,
+            token: "stale".into(),
+        };
+        let started = conn
+            .write(|c| start_all(c, &[stale.clone(), current.clone()]))
+            .unwrap();
+        assert!(started[0].is_none(), "the stale job does nothing");
+        assert_eq!(started[1].as_ref().map(|a| a.attempts), Some(1));
+        let again = conn.write(|c| start_all(c, &[current, stale])).unwrap();
+        assert_eq!(again[0].as_ref().map(|a| a.attempts), Some(2));
+        assert!(again[1].is_none());
+    }
+
+    herald_testdb::backend_tests!(only_the_job_holding_the_token_starts);
 }

@@ -213,7 +213,7 @@ async fn rest<T: AsyncRead + AsyncWrite + Unpin>(
 }
 
 /// Sends one message once a session slot of the server is free (at most `sessions` open at
-/// once): MAIL FROM on an idle session when there is one that still answers, else on a new
+/// once, waiting at most `timeout` for one): MAIL FROM on an idle session when there is one that still answers, else on a new
 /// session; then RCPT TO each, DATA, all within `timeout`. The session is kept for the next send
 /// when the message was accepted.
 pub(crate) async fn send(
@@ -225,10 +225,11 @@ pub(crate) async fn send(
     raw: &[u8],
 ) -> Result<(), mail_send::Error> {
     let key = key(settings);
-    // The slot is held until the session is idle again or gone.
-    let _slot = slots(key, sessions)
-        .acquire_owned()
+    // The slot is held until the session is idle again or gone. The wait for one is bounded
+    // too: a server that holds its sessions that long is a temporary failure of this attempt.
+    let _slot = tokio::time::timeout(timeout, slots(key, sessions).acquire_owned())
         .await
+        .map_err(|_| mail_send::Error::Timeout)?
         .map_err(|_| mail_send::Error::Timeout)?;
     tokio::time::timeout(timeout, send_in_slot(key, settings, from, recipients, raw))
         .await
