@@ -1,6 +1,6 @@
 //! Group commit for small concurrent writes ([`Db::write_grouped`]): webhook messages, send
 //! starts and outcomes; and [`WriteBatcher`], which writes many requests' items of one kind with
-//! a few set-based statements for the whole batch, several batches at once on PostgreSQL.
+//! a few set-based statements for the whole batch.
 //!
 //! Each such write on its own is a transaction with a durable commit: on PostgreSQL a WAL flush
 //! and a BEGIN/COMMIT round trip each, on SQLite a turn at the single write lock. Here the
@@ -15,9 +15,9 @@
 
 use std::sync::{Arc, OnceLock};
 
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
-use crate::db::{BackendKind, Db, DbConnection};
+use crate::db::{Db, DbConnection};
 use crate::error::{CoreError, CoreResult};
 
 /// Most writes in one group: a burst's transactions stay short.
@@ -119,11 +119,10 @@ type Pending<I, O> = (I, oneshot::Sender<CoreResult<O>>);
 
 /// Items of one kind from many concurrent requests, written by one function over the whole batch
 /// (a few set-based statements instead of a few per item), each batch in a transaction of its
-/// own. A batch is taken when a writer is free, so items gather while the writers are busy: on
-/// PostgreSQL [`WriteBatcher::POSTGRES_WRITERS`] batches are written at once (their commits
-/// overlap; the write function must take its row locks in a consistent order), on SQLite one
-/// (it has one writer anyway). When a batch fails, its items are written again one by one, so a
-/// bad item fails alone and the others are stored.
+/// own, one batch at a time: the items arriving while a batch is written make the next one.
+/// (Four PostgreSQL writers at once were measured slower: smaller batches, and the row locks
+/// they wait on.) When a batch fails, its items are written again one by one, so a bad item
+/// fails alone and the others are stored.
 pub struct WriteBatcher<I, O> {
     db: Db,
     write: BatchWrite<I, O>,
@@ -135,8 +134,6 @@ where
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
-    pub const POSTGRES_WRITERS: usize = 4;
-
     pub fn new(db: Db, write: BatchWrite<I, O>) -> Self {
         Self {
             db,
@@ -168,25 +165,14 @@ async fn write_batches<I, O>(
     I: Send + Sync + 'static,
     O: Send + 'static,
 {
-    let writers = Arc::new(Semaphore::new(match db.backend() {
-        BackendKind::Postgres => WriteBatcher::<I, O>::POSTGRES_WRITERS,
-        BackendKind::Sqlite => 1,
-    }));
     let mut taken = Vec::with_capacity(GROUP_MAX);
     loop {
-        let Ok(writer) = Arc::clone(&writers).acquire_owned().await else {
-            return;
-        };
         if pending.recv_many(&mut taken, GROUP_MAX).await == 0 {
             return;
         }
         metrics::histogram!("herald_db_write_batch_size").record(taken.len() as f64);
         let (items, replies): (Vec<I>, Vec<_>) = taken.drain(..).unzip();
-        let db = db.clone();
-        tokio::spawn(async move {
-            write_batch(&db, write, items, replies).await;
-            drop(writer);
-        });
+        write_batch(&db, write, items, replies).await;
     }
 }
 

@@ -105,7 +105,6 @@ impl Arriving {
 /// A contact's conversation as an arrival finds it.
 struct Found {
     id: i64,
-    status: String,
     contact_name: Option<String>,
 }
 
@@ -116,65 +115,23 @@ fn conversations_of(
 ) -> QueryResult<HashMap<(i64, String), Found>> {
     let channel_ids: BTreeSet<i64> = contacts.iter().map(|(channel, _)| *channel).collect();
     let contact_ids: BTreeSet<&str> = contacts.iter().map(|(_, contact)| *contact).collect();
-    let rows: Vec<(i64, i64, String, String, Option<String>)> = conversations::table
+    let rows: Vec<(i64, i64, String, Option<String>)> = conversations::table
         .filter(conversations::channel_id.eq_any(channel_ids))
         .filter(conversations::contact_id.eq_any(contact_ids))
         .select((
             conversations::id,
             conversations::channel_id,
             conversations::contact_id,
-            conversations::status,
             conversations::contact_name,
         ))
         .load(conn)?;
     Ok(rows
         .into_iter()
         .filter(|(_, channel, contact, ..)| contacts.contains(&(*channel, contact.as_str())))
-        .map(|(id, channel, contact, status, contact_name)| {
-            (
-                (channel, contact),
-                Found {
-                    id,
-                    status,
-                    contact_name,
-                },
-            )
+        .map(|(id, channel, contact, contact_name)| {
+            ((channel, contact), Found { id, contact_name })
         })
         .collect())
-}
-
-/// Locks the found conversations in id order on PostgreSQL and reads their status and name again
-/// under the lock (a close or an assignment may have come between). SQLite's write transaction
-/// already excludes every other writer.
-fn lock_conversations(
-    conn: &mut DbConnection,
-    found: &mut HashMap<(i64, String), Found>,
-) -> QueryResult<()> {
-    // Backend arm: SQLite has no FOR UPDATE.
-    let DbConnection::Postgres(c) = conn else {
-        return Ok(());
-    };
-    let ids: Vec<i64> = found.values().map(|f| f.id).collect();
-    let locked: HashMap<i64, (String, Option<String>)> = conversations::table
-        .filter(conversations::id.eq_any(&ids))
-        .order(conversations::id)
-        .select((
-            conversations::id,
-            conversations::status,
-            conversations::contact_name,
-        ))
-        .for_update()
-        .load::<(i64, String, Option<String>)>(c)?
-        .into_iter()
-        .map(|(id, status, name)| (id, (status, name)))
-        .collect();
-    for f in found.values_mut() {
-        if let Some((status, name)) = locked.get(&f.id) {
-            f.status.clone_from(status);
-            f.contact_name.clone_from(name);
-        }
-    }
-    Ok(())
 }
 
 /// What a batch brings to one conversation.
@@ -197,8 +154,8 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
         return Ok(Vec::new());
     }
     let at = now();
-    // Row locks in one order (provider ids, new conversations, conversations by id), so batches
-    // written at once on PostgreSQL wait for each other instead of deadlocking.
+    // Rows taken in one order (provider ids, new conversations, conversations by id), so the
+    // batches of several API processes wait for each other instead of deadlocking.
     let mut sorted: Vec<&Arriving> = arriving.iter().collect();
     sorted.sort_by(|a, b| {
         (a.channel_id, &a.message.provider_message_id)
@@ -277,10 +234,6 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
         };
         found.extend(conversations_of(conn, &missing.keys().copied().collect())?);
     }
-    lock_conversations(conn, &mut found)?;
-    // The arrival's time is taken once the conversations are this batch's: a batch written at
-    // the same time waits for them, so messages and `last_message_at` follow the commit order.
-    let at = now();
     let conversation = |a: &Arriving| {
         found
             .get(&(a.channel_id, a.message.contact_id.clone()))
@@ -305,15 +258,17 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
         .filter(|(_, v)| !v.inbound)
         .map(|(id, _)| *id)
         .collect();
-    let reopened: Vec<i64> = found
-        .values()
-        .filter(|c| c.status == "closed" && inbound.contains(&c.id))
-        .map(|c| c.id)
-        .collect();
-    if !reopened.is_empty() {
-        diesel::update(conversations::table.filter(conversations::id.eq_any(&reopened)))
-            .set(conversations::status.eq("open"))
-            .execute(conn)?;
+    // Reopened by the contact: decided by the UPDATE itself, under each row's lock, so a close
+    // committed since the read above is seen.
+    if !inbound.is_empty() {
+        let reopened: Vec<i64> = diesel::update(
+            conversations::table
+                .filter(conversations::id.eq_any(&inbound))
+                .filter(conversations::status.eq("closed")),
+        )
+        .set(conversations::status.eq("open"))
+        .returning(conversations::id)
+        .get_results(conn)?;
         let events: Vec<_> = reopened
             .iter()
             .map(|id| {
@@ -324,12 +279,14 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
                 )
             })
             .collect();
-        let insert = diesel::insert_into(conversation_events::table).values(events);
-        // Backend arms: the multi-backend has no multi-row INSERT.
-        match conn {
-            DbConnection::Postgres(c) => insert.execute(c)?,
-            DbConnection::Sqlite(c) => insert.execute(c)?,
-        };
+        if !events.is_empty() {
+            let insert = diesel::insert_into(conversation_events::table).values(events);
+            // Backend arms: the multi-backend has no multi-row INSERT.
+            match conn {
+                DbConnection::Postgres(c) => insert.execute(c)?,
+                DbConnection::Sqlite(c) => insert.execute(c)?,
+            };
+        }
     }
     // An echo (our own page's message) moves the conversation up without opening the 24-hour
     // window.

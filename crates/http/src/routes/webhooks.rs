@@ -159,23 +159,29 @@ pub async fn messenger(
     }
     let batch = inbound::messenger_events(&channel.channel, &body)
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
-    state
-        .db
-        .write_grouped(move |conn| {
-            let channel = &channel.channel;
-            let arriving: Vec<Arriving> = batch
-                .messages
-                .into_iter()
-                .map(|message| Arriving::new(channel, message))
-                .collect();
-            inbound::receive_all(conn, &arriving)?;
-            inbound::mark_delivered(conn, channel, &batch.delivered)?;
-            for contact in &batch.read_by {
-                inbound::mark_read(conn, channel, contact)?;
-            }
-            Ok::<_, CoreError>(())
-        })
-        .await?;
+    // The messages with the other webhooks' (submitted together, so they keep their order), then
+    // the delivery and read events.
+    let stored = futures::future::join_all(batch.messages.into_iter().map(|message| {
+        state
+            .intake
+            .receive(Arriving::new(&channel.channel, message))
+    }))
+    .await;
+    for received in stored {
+        received?;
+    }
+    if !batch.delivered.is_empty() || !batch.read_by.is_empty() {
+        state
+            .db
+            .write_grouped(move |conn| {
+                inbound::mark_delivered(conn, &channel.channel, &batch.delivered)?;
+                for contact in &batch.read_by {
+                    inbound::mark_read(conn, &channel.channel, contact)?;
+                }
+                Ok::<_, CoreError>(())
+            })
+            .await?;
+    }
     Ok(StatusCode::OK)
 }
 
