@@ -18,4 +18,4 @@ mod write_groups;
 pub use config::Config;
 pub use db::{BackendKind, DatabaseUrl, Db, DbConnection};
 pub use error::{CoreError, CoreResult};
-pub use write_groups::{BatchWrite, WriteBatcher};
+pub use write_groups::{BatchWrite, LaneKey, WriteBatcher};

@@ -4,9 +4,11 @@
 //! into the view its assignment gives.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
 use diesel::prelude::*;
+use diesel::sql_types::{Nullable, Timestamp};
 use herald_core::crypto::SecretKey;
 use herald_core::time::now;
 use herald_core::{CoreError, CoreResult, Db, DbConnection, WriteBatcher};
@@ -58,7 +60,7 @@ pub struct Intake {
 impl Intake {
     pub fn new(db: Db, key: SecretKey) -> Self {
         Self {
-            messages: Arc::new(WriteBatcher::new(db.clone(), receive_all)),
+            messages: Arc::new(WriteBatcher::new(db.clone(), receive_all, Arriving::lane)),
             channels: Arc::default(),
             db,
             key,
@@ -99,6 +101,13 @@ impl Arriving {
 
     fn contact(&self) -> (i64, &str) {
         (self.channel_id, &self.message.contact_id)
+    }
+
+    /// One contact's messages are written by one lane, in the order they came.
+    fn lane(&self) -> u64 {
+        let mut hasher = DefaultHasher::new();
+        self.contact().hash(&mut hasher);
+        hasher.finish()
     }
 }
 
@@ -253,11 +262,23 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
         .filter(|(_, v)| v.inbound)
         .map(|(id, _)| *id)
         .collect();
-    let echoes_only: Vec<i64> = visits
-        .iter()
-        .filter(|(_, v)| !v.inbound)
-        .map(|(id, _)| *id)
-        .collect();
+    // One statement moves every conversation of the batch up, taking their row locks at once
+    // (in id order where PostgreSQL walks the primary key), so the statements after it wait on
+    // nothing: the batches of several API processes wait for each other rather than deadlock
+    // (this process's lanes never share a contact). An echo (our own page's message) does not
+    // open the 24-hour window.
+    let visited: Vec<i64> = visits.keys().copied().collect();
+    diesel::update(conversations::table.filter(conversations::id.eq_any(&visited)))
+        .set((
+            conversations::last_message_at.eq(at),
+            conversations::updated_at.eq(at),
+            conversations::last_inbound_at.eq(diesel::dsl::case_when(
+                conversations::id.eq_any(&inbound),
+                Some(at).into_sql::<Nullable<Timestamp>>(),
+            )
+            .otherwise(conversations::last_inbound_at)),
+        ))
+        .execute(conn)?;
     // Reopened by the contact: decided by the UPDATE itself, under each row's lock, so a close
     // committed since the read above is seen.
     if !inbound.is_empty() {
@@ -287,25 +308,6 @@ pub fn receive_all(conn: &mut DbConnection, arriving: &[Arriving]) -> CoreResult
                 DbConnection::Sqlite(c) => insert.execute(c)?,
             };
         }
-    }
-    // An echo (our own page's message) moves the conversation up without opening the 24-hour
-    // window.
-    if !inbound.is_empty() {
-        diesel::update(conversations::table.filter(conversations::id.eq_any(&inbound)))
-            .set((
-                conversations::last_message_at.eq(at),
-                conversations::updated_at.eq(at),
-                conversations::last_inbound_at.eq(at),
-            ))
-            .execute(conn)?;
-    }
-    if !echoes_only.is_empty() {
-        diesel::update(conversations::table.filter(conversations::id.eq_any(&echoes_only)))
-            .set((
-                conversations::last_message_at.eq(at),
-                conversations::updated_at.eq(at),
-            ))
-            .execute(conn)?;
     }
     // A profile name is written when it changed; a message without one keeps the name known.
     for c in found.values() {

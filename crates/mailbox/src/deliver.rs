@@ -407,8 +407,8 @@ pub struct SendWrites {
 impl SendWrites {
     pub fn new(db: Db) -> Self {
         SendWrites {
-            starts: WriteBatcher::new(db.clone(), start_all),
-            outcomes: WriteBatcher::new(db, finish_all),
+            starts: WriteBatcher::new(db.clone(), start_all, |job| job.email_id.unsigned_abs()),
+            outcomes: WriteBatcher::new(db, finish_all, |(job, _)| job.email_id.unsigned_abs()),
         }
     }
 }
