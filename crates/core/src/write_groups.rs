@@ -131,7 +131,7 @@ pub type LaneKey<I> = fn(&I) -> u64;
 pub struct WriteBatcher<I, O> {
     db: Db,
     write: BatchWrite<I, O>,
-    lane_key: LaneKey<I>,
+    lane_key: Option<LaneKey<I>>,
     lanes: Vec<OnceLock<mpsc::UnboundedSender<Pending<I, O>>>>,
 }
 
@@ -143,10 +143,12 @@ where
     /// Two measured best: four made smaller batches, and their commits no faster.
     pub const POSTGRES_LANES: usize = 2;
 
-    pub fn new(db: Db, write: BatchWrite<I, O>, lane_key: LaneKey<I>) -> Self {
-        let lanes = match db.backend() {
-            BackendKind::Postgres => Self::POSTGRES_LANES,
-            BackendKind::Sqlite => 1,
+    /// Without a lane key, one lane: for items that share no rows and need no order among
+    /// themselves, where bigger batches beat overlapping commits.
+    pub fn new(db: Db, write: BatchWrite<I, O>, lane_key: Option<LaneKey<I>>) -> Self {
+        let lanes = match (db.backend(), lane_key) {
+            (BackendKind::Postgres, Some(_)) => Self::POSTGRES_LANES,
+            _ => 1,
         };
         Self {
             db,
@@ -159,7 +161,8 @@ where
     /// Writes `item` with the others waiting meanwhile; returns its output once committed.
     pub async fn write(&self, item: I) -> CoreResult<O> {
         let (tx, rx) = oneshot::channel();
-        let lane = usize::try_from((self.lane_key)(&item) % self.lanes.len() as u64).unwrap_or(0);
+        let key = self.lane_key.map_or(0, |key| key(&item));
+        let lane = usize::try_from(key % self.lanes.len() as u64).unwrap_or(0);
         self.lanes[lane]
             .get_or_init(|| {
                 let (queue, pending) = mpsc::unbounded_channel();

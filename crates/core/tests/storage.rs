@@ -432,7 +432,7 @@ async fn batched_writes_fail_alone(test: TestDb) {
     let batcher = Arc::new(WriteBatcher::new(
         test.db.clone(),
         create_users,
-        |(_, email): &(i64, String)| email.len() as u64 + u64::from(email.as_bytes()[4]),
+        Some(|(_, email): &(i64, String)| email.len() as u64 + u64::from(email.as_bytes()[4])),
     ));
     let writes: Vec<_> = (0..40)
         .map(|n| {

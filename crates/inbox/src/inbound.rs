@@ -60,7 +60,11 @@ pub struct Intake {
 impl Intake {
     pub fn new(db: Db, key: SecretKey) -> Self {
         Self {
-            messages: Arc::new(WriteBatcher::new(db.clone(), receive_all, Arriving::lane)),
+            messages: Arc::new(WriteBatcher::new(
+                db.clone(),
+                receive_all,
+                Some(Arriving::lane),
+            )),
             channels: Arc::default(),
             db,
             key,
