@@ -122,11 +122,11 @@ pub type LaneKey<I> = fn(&I) -> u64;
 
 /// Items of one kind from many concurrent requests, written by one function over the whole batch
 /// (a few set-based statements instead of a few per item), each batch in a transaction of its
-/// own. Items go to lanes by a key (for inbound messages the contact, for sends the email): a
-/// lane writes one batch at a time, the items arriving meanwhile making its next one, so items
-/// of one key are written in order and two lanes never take the same rows. PostgreSQL gets
+/// own. Items go to lanes by a key (for inbound messages the contact): a lane writes one batch
+/// at a time, the items arriving meanwhile making its next one, so items of one key are written
+/// in order and two lanes never take the same rows. PostgreSQL gets
 /// [`WriteBatcher::POSTGRES_LANES`] lanes, whose commits overlap; SQLite one (it has one writer
-/// anyway). When a batch fails, its items are written again one by one, so a bad item fails
+/// anyway), as does a batcher without a key. When a batch fails, its items are written again one by one, so a bad item fails
 /// alone and the others are stored.
 pub struct WriteBatcher<I, O> {
     db: Db,
