@@ -355,6 +355,20 @@ async fn a_write_inside_a_transaction_is_a_savepoint(test: TestDb) {
     assert_eq!(names, vec!["Outer"], "the inner write rolled back alone");
 }
 
+/// The account's users, up to 100.
+fn users_of(test: &TestDb, account_id: i64) -> Vec<User> {
+    User::list(
+        &mut test.connect(),
+        account_id,
+        PageRequest {
+            limit: 100,
+            before_id: None,
+        },
+    )
+    .unwrap()
+    .items
+}
+
 /// Grouped writes made at the same time: each gets its own result, one that fails is rolled back
 /// alone, and every one that succeeded is committed.
 async fn grouped_writes_commit_together_and_fail_alone(test: TestDb) {
@@ -389,16 +403,7 @@ async fn grouped_writes_commit_together_and_fail_alone(test: TestDb) {
     }
     let failed = results.iter().filter(|r| r.is_err()).count();
     assert_eq!(failed, 4, "{results:?}");
-    let stored = User::list(
-        &mut test.connect(),
-        account.id,
-        PageRequest {
-            limit: 100,
-            before_id: None,
-        },
-    )
-    .unwrap()
-    .items;
+    let stored = users_of(&test, account.id);
     assert_eq!(stored.len(), 36);
     for id in results.into_iter().flatten() {
         assert!(stored.iter().any(|u| u.id == id), "user {id} was committed");
@@ -457,16 +462,7 @@ async fn batched_writes_fail_alone(test: TestDb) {
             .all(|e| matches!(e, CoreError::Conflict { .. })),
         "{failed:?}"
     );
-    let stored = User::list(
-        &mut test.connect(),
-        account.id,
-        PageRequest {
-            limit: 100,
-            before_id: None,
-        },
-    )
-    .unwrap()
-    .items;
+    let stored = users_of(&test, account.id);
     assert_eq!(stored.len(), 36);
     // Each output is its own item's: the user made from that item's address.
     for (n, result) in results.iter().enumerate() {
