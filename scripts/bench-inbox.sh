@@ -67,14 +67,10 @@ cli=target/release/herald
 helper=target/release/examples/inbox_bench
 npm ci --prefix bench/express-webhook --silent --no-audit --no-fund >/dev/null
 
-base="${HERALD_TEST_POSTGRES_URL%/*}"
-pg_url="$base/herald_bench_inbox"
+pg_url=$(bench_pg_url herald_bench_inbox)
 herald_pg_url="$pg_url?sslmode=$PG_SSLMODE"
 export PGOPTIONS="-c client_min_messages=warning"   # no NOTICE for DROP ... IF EXISTS
-fresh_pg() {
-    psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench_inbox WITH (FORCE)" \
-        -qc "CREATE DATABASE herald_bench_inbox"
-}
+fresh_pg() { fresh_bench_db herald_bench_inbox; }
 
 tmp=$(mktemp -d)
 server_pid=
@@ -87,8 +83,7 @@ stop_server() {
 }
 cleanup() {
     stop_server
-    psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench_inbox WITH (FORCE)" \
-        >/dev/null 2>&1 || true
+    drop_bench_db herald_bench_inbox
     rm -rf "$tmp"
 }
 trap cleanup EXIT

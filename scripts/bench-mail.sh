@@ -35,8 +35,6 @@ cargo build --release -q -p herald-mailbox --example sync_bench
 bench=target/release/examples/sync_bench
 
 base="${HERALD_TEST_POSTGRES_URL%/*}"
-export PGOPTIONS="-c client_min_messages=warning"   # no NOTICE for DROP ... IF EXISTS
-drop_pg() { psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench_mail WITH (FORCE)"; }
 users="$HERALD_TEST_MAIL_STATE_DIR/users"
 maildir="$HERALD_TEST_MAIL_DIR/${BENCH_USER#*@}/${BENCH_USER%@*}"
 tmp=$(mktemp -d)
@@ -44,7 +42,7 @@ tmp=$(mktemp -d)
 cleanup() {
     rm -rf "$tmp" "$maildir"
     sed -i "/^$BENCH_USER:/d" "$users"
-    drop_pg >/dev/null 2>&1 || true
+    drop_bench_db herald_bench_mail
 }
 trap cleanup EXIT
 
@@ -250,10 +248,9 @@ args=(--imap-host "$HERALD_TEST_IMAP_HOST" --imap-port "$HERALD_TEST_IMAP_PORT"
       --user "$BENCH_USER" --password "$BENCH_PASS" --expect "$MESSAGES")
 
 log "herald on PostgreSQL (first sync and resync in one process)"
-drop_pg
-psql "$HERALD_TEST_POSTGRES_URL" -qc "CREATE DATABASE herald_bench_mail"
+fresh_bench_db herald_bench_mail
 timed "herald postgres" "$bench" --database-url "$base/herald_bench_mail" "${args[@]}" | tee -a "$results"
-drop_pg
+drop_bench_db herald_bench_mail
 
 log "herald on SQLite (first sync and resync in one process)"
 timed "herald sqlite" "$bench" --database-url "sqlite://$tmp/bench.db" "${args[@]}" | tee -a "$results"

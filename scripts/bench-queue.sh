@@ -19,9 +19,7 @@ log "building the benchmark (release)"
 cargo build --release -q -p herald-scheduler --example queue_bench
 bench=target/release/examples/queue_bench
 
-fresh_pg() {
-    psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench WITH (FORCE)" -qc "CREATE DATABASE herald_bench"
-}
+fresh_pg() { fresh_bench_db herald_bench; }
 
 log "herald on PostgreSQL, default settings (2 worker loops, batch 16)"
 fresh_pg
@@ -40,7 +38,7 @@ log "herald on SQLite, default settings"
 log "herald on SQLite, latency with the in-process wake-up (embedded worker)"
 rm -f "$tmp"/bench.db*
 "$bench" --database-url "sqlite://$tmp/bench.db" --jobs 1000 --latency-jobs "$LAT_JOBS" --rate "$LAT_RATE" --wake
-psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench WITH (FORCE)"
+drop_bench_db herald_bench
 
 log "graphile-worker on the same PostgreSQL (unbatched, concurrency 10)"
 npm ci --prefix bench/graphile --silent --no-audit --no-fund >/dev/null

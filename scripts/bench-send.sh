@@ -52,20 +52,14 @@ if [ -z "$bench" ]; then
     bench=target/release/examples/send_bench
 fi
 
-base="${HERALD_TEST_POSTGRES_URL%/*}"
-pg_url="$base/herald_bench_send"
-export PGOPTIONS="-c client_min_messages=warning"   # no NOTICE for DROP ... IF EXISTS
-fresh_pg() {
-    psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench_send WITH (FORCE)" \
-        -qc "CREATE DATABASE herald_bench_send"
-}
+pg_url=$(bench_pg_url herald_bench_send)
+fresh_pg() { fresh_bench_db herald_bench_send; }
 
 tmp=$(mktemp -d)
 sink_pid=
 cleanup() {
     [ -n "$sink_pid" ] && kill "$sink_pid" 2>/dev/null
-    psql "$HERALD_TEST_POSTGRES_URL" -qc "DROP DATABASE IF EXISTS herald_bench_send WITH (FORCE)" \
-        >/dev/null 2>&1 || true
+    drop_bench_db herald_bench_send
     rm -rf "$tmp"
 }
 trap cleanup EXIT

@@ -57,6 +57,19 @@ ensure_postgres() {
     log "PostgreSQL is up"
 }
 
+# A benchmark's own database beside the tests': `bench_pg_url NAME` prints its URL,
+# `fresh_bench_db NAME` drops it if a run left it and creates it empty, `drop_bench_db NAME` drops
+# it (quietly: for cleanup traps).
+bench_pg_url() { printf '%s/%s' "${HERALD_TEST_POSTGRES_URL%/*}" "$1"; }
+fresh_bench_db() {
+    PGOPTIONS="-c client_min_messages=warning" psql "$HERALD_TEST_POSTGRES_URL" \
+        -qc "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" -qc "CREATE DATABASE \"$1\""
+}
+drop_bench_db() {
+    PGOPTIONS="-c client_min_messages=warning" psql "$HERALD_TEST_POSTGRES_URL" \
+        -qc "DROP DATABASE IF EXISTS \"$1\" WITH (FORCE)" >/dev/null 2>&1 || true
+}
+
 # Test databases left by a run that was killed (each test drops its own when it ends). A test
 # database is named herald_test_<pid>_<random>: only those whose process is gone are dropped, so a
 # suite running beside this one keeps its databases.
