@@ -70,6 +70,25 @@ impl Fixture {
         }
     }
 
+    /// A "Renewal" deal, and in Bob's folder the first message of its thread
+    /// (`first-{tag}@acme.example`), not yet synced.
+    async fn renewal_thread(&self) -> herald_core::records::Deal {
+        let deal = <herald_core::records::Deal as herald_core::records::Record>::create(
+            &mut self.test.connect(),
+            self.account.id,
+            &serde_json::from_value(serde_json::json!({"title": "Renewal"})).unwrap(),
+        )
+        .unwrap();
+        let tag = &self.tag;
+        self.append(
+            "bob",
+            &self.folder,
+            format!("From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Renewal\r\nMessage-ID: <first-{tag}@acme.example>\r\n\r\nHi\r\n").as_bytes(),
+        )
+        .await;
+        deal
+    }
+
     fn mailbox(&self, user: &str, sync: &str) -> Mailbox {
         let mut conn = self.test.connect();
         let owner = User::create(
@@ -304,18 +323,7 @@ async fn replies_join_the_deals_of_their_thread(test: TestDb) {
     let mailbox = f.mailbox("bob", "received");
     let tag = &f.tag;
     let mut conn = f.test.connect();
-    let deal = <herald_core::records::Deal as herald_core::records::Record>::create(
-        &mut conn,
-        f.account.id,
-        &serde_json::from_value(serde_json::json!({"title": "Renewal"})).unwrap(),
-    )
-    .unwrap();
-    f.append(
-        "bob",
-        &f.folder,
-        format!("From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Renewal\r\nMessage-ID: <first-{tag}@acme.example>\r\n\r\nHi\r\n").as_bytes(),
-    )
-    .await;
+    let deal = f.renewal_thread().await;
     sync_mailbox(&f.test.db, &f.key, mailbox.id, &f.options())
         .await
         .unwrap();
@@ -379,18 +387,7 @@ async fn a_batch_threads_replies_to_its_own_messages(test: TestDb) {
     let mailbox = f.mailbox("bob", "received");
     let tag = &f.tag;
     let mut conn = f.test.connect();
-    let deal = <herald_core::records::Deal as herald_core::records::Record>::create(
-        &mut conn,
-        f.account.id,
-        &serde_json::from_value(serde_json::json!({"title": "Renewal"})).unwrap(),
-    )
-    .unwrap();
-    f.append(
-        "bob",
-        &f.folder,
-        format!("From: ann@acme.example\r\nTo: bob@herald.test\r\nSubject: Renewal\r\nMessage-ID: <first-{tag}@acme.example>\r\n\r\nHi\r\n").as_bytes(),
-    )
-    .await;
+    let deal = f.renewal_thread().await;
     let options = SyncOptions {
         batch: 10,
         ..f.options()
