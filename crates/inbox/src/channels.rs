@@ -317,14 +317,19 @@ pub struct OpenChannel {
 /// drops the entry at once, one in another process is seen within the TTL (meanwhile the
 /// removed channel's messages fail to store and the provider retries them).
 #[derive(Default)]
-pub struct ChannelCache {
+pub(crate) struct ChannelCache {
     entries: Mutex<HashMap<i64, (Instant, Arc<OpenChannel>)>>,
 }
 
 impl ChannelCache {
-    pub const TTL: Duration = Duration::from_secs(10);
+    pub(crate) const TTL: Duration = Duration::from_secs(10);
 
-    pub async fn get(&self, db: &Db, key: &SecretKey, id: i64) -> CoreResult<Arc<OpenChannel>> {
+    pub(crate) async fn get(
+        &self,
+        db: &Db,
+        key: &SecretKey,
+        id: i64,
+    ) -> CoreResult<Arc<OpenChannel>> {
         if let Some(open) = self.cached(id) {
             return Ok(open);
         }
@@ -348,7 +353,7 @@ impl ChannelCache {
     }
 
     /// Forgets a removed channel.
-    pub fn forget(&self, id: i64) {
+    pub(crate) fn forget(&self, id: i64) {
         self.entries
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use diesel::prelude::*;
 use diesel::sql_types::{Nullable, Timestamp};
 use herald_core::crypto::SecretKey;
+use herald_core::identity::User;
 use herald_core::time::now;
 use herald_core::{CoreError, CoreResult, Db, DbConnection, WriteBatcher};
 use serde::{Deserialize, Serialize};
@@ -71,18 +72,57 @@ impl Intake {
         }
     }
 
-    pub async fn channel(&self, id: i64) -> CoreResult<Arc<OpenChannel>> {
-        self.channels.get(&self.db, &self.key, id).await
+    /// A channel of this kind (`twilio_whatsapp`, `messenger`) with its credentials, from the
+    /// cache; another kind is not found.
+    pub async fn channel(&self, id: i64, kind: &str) -> CoreResult<Arc<OpenChannel>> {
+        let open = self.channels.get(&self.db, &self.key, id).await?;
+        if open.channel.kind != kind {
+            return Err(CoreError::not_found("channel", id));
+        }
+        Ok(open)
     }
 
-    /// Drops a removed channel from the cache.
-    pub fn forget_channel(&self, id: i64) {
+    /// Removes a channel (its owner or an admin) and forgets it here at once.
+    pub async fn delete_channel(&self, actor: User, id: i64) -> CoreResult<()> {
+        self.db
+            .run(move |conn| conn.write(|conn| Channel::delete(conn, &actor, id)))
+            .await?;
         self.channels.forget(id);
+        Ok(())
     }
 
     /// Stores a message with the others arriving meanwhile; returns once it is committed.
     pub async fn receive(&self, arriving: Arriving) -> CoreResult<Received> {
         self.messages.write(arriving).await
+    }
+
+    /// A Messenger webhook's events: the messages with the other webhooks' (submitted together,
+    /// so they keep their order), then the delivery and read events.
+    pub async fn receive_messenger(
+        &self,
+        channel: &Channel,
+        batch: MessengerBatch,
+    ) -> CoreResult<()> {
+        futures::future::try_join_all(
+            batch
+                .messages
+                .into_iter()
+                .map(|message| self.receive(Arriving::new(channel, message))),
+        )
+        .await?;
+        if batch.delivered.is_empty() && batch.read_by.is_empty() {
+            return Ok(());
+        }
+        let channel = channel.clone();
+        self.db
+            .write_grouped(move |conn| {
+                mark_delivered(conn, &channel, &batch.delivered)?;
+                for contact in &batch.read_by {
+                    mark_read(conn, &channel, contact)?;
+                }
+                Ok::<_, CoreError>(())
+            })
+            .await
     }
 }
 

@@ -73,11 +73,7 @@ pub async fn delete_channel(
     Path(id): Path<i64>,
 ) -> ApiResult<StatusCode> {
     let user = me.user;
-    state
-        .db
-        .run(move |conn| conn.write(|conn| Channel::delete(conn, &user, id)))
-        .await?;
-    state.intake.forget_channel(id);
+    state.intake.delete_channel(user, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

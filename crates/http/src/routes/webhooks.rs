@@ -2,8 +2,6 @@
 //! A bad or missing signature is a 403 and stores nothing; a provider's retry of a message it
 //! sent before is stored once. The handlers store and answer at once.
 
-use std::sync::Arc;
-
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -28,15 +26,6 @@ fn rejected(provider: &'static str, reason: &'static str) -> ApiError {
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-/// The channel, from the webhooks' cache.
-async fn channel(state: &AppState, id: i64, kind: &'static str) -> ApiResult<Arc<OpenChannel>> {
-    let open = state.intake.channel(id).await?;
-    if open.channel.kind != kind {
-        return Err(CoreError::not_found("channel", id).into());
-    }
-    Ok(open)
 }
 
 /// Twilio's signature over the public URL Twilio requested and the form fields.
@@ -77,7 +66,7 @@ pub async fn twilio(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let channel = channel(&state, id, "twilio_whatsapp").await?;
+    let channel = state.intake.channel(id, "twilio_whatsapp").await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| CoreError::invalid("body", format!("not a form: {e}")))?;
     check_twilio(&state, &channel, &uri, &headers, &params)?;
@@ -110,7 +99,7 @@ pub async fn messenger_verify(
     Path(id): Path<i64>,
     RawQuery(query): RawQuery,
 ) -> ApiResult<Response> {
-    let channel = channel(&state, id, "messenger").await?;
+    let channel = state.intake.channel(id, "messenger").await?;
     let params: Vec<(String, String)> =
         serde_urlencoded::from_str(query.as_deref().unwrap_or_default()).unwrap_or_default();
     let get = |name: &str| {
@@ -147,7 +136,7 @@ pub async fn messenger(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let channel = channel(&state, id, "messenger").await?;
+    let channel = state.intake.channel(id, "messenger").await?;
     let Credentials::Messenger { app_secret, .. } = &channel.credentials else {
         return Err(rejected("messenger", "wrong_kind"));
     };
@@ -159,29 +148,10 @@ pub async fn messenger(
     }
     let batch = inbound::messenger_events(&channel.channel, &body)
         .map_err(|e| CoreError::invalid("body", e.to_string()))?;
-    // The messages with the other webhooks' (submitted together, so they keep their order), then
-    // the delivery and read events.
-    let stored = futures::future::join_all(batch.messages.into_iter().map(|message| {
-        state
-            .intake
-            .receive(Arriving::new(&channel.channel, message))
-    }))
-    .await;
-    for received in stored {
-        received?;
-    }
-    if !batch.delivered.is_empty() || !batch.read_by.is_empty() {
-        state
-            .db
-            .write_grouped(move |conn| {
-                inbound::mark_delivered(conn, &channel.channel, &batch.delivered)?;
-                for contact in &batch.read_by {
-                    inbound::mark_read(conn, &channel.channel, contact)?;
-                }
-                Ok::<_, CoreError>(())
-            })
-            .await?;
-    }
+    state
+        .intake
+        .receive_messenger(&channel.channel, batch)
+        .await?;
     Ok(StatusCode::OK)
 }
 
@@ -197,7 +167,7 @@ pub async fn twilio_status(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<StatusCode> {
-    let channel = channel(&state, id, "twilio_whatsapp").await?;
+    let channel = state.intake.channel(id, "twilio_whatsapp").await?;
     let params: Vec<(String, String)> = serde_urlencoded::from_bytes(&body)
         .map_err(|e| CoreError::invalid("body", format!("not a form: {e}")))?;
     check_twilio(&state, &channel, &uri, &headers, &params)?;
