@@ -1,6 +1,7 @@
-//! Group commit for small concurrent writes ([`Db::write_grouped`]): webhook messages, send
-//! starts and outcomes; and [`WriteBatcher`], which writes many requests' items of one kind with
-//! a few set-based statements for the whole batch.
+//! Group commit for small concurrent writes of any shape ([`Db::write_grouped`]: Twilio status
+//! callbacks, Messenger delivery and read events); and [`WriteBatcher`], which writes many
+//! requests' items of one kind (inbound messages, send starts and outcomes) with a few
+//! set-based statements for a whole batch.
 //!
 //! Each such write on its own is a transaction with a durable commit: on PostgreSQL a WAL flush
 //! and a BEGIN/COMMIT round trip each, on SQLite a turn at the single write lock. Here the
@@ -9,9 +10,10 @@
 //! gets its error, the others commit together. Callers get their result once the group has
 //! committed, so an answer never promises what is not durable.
 //!
-//! One writer per process, on both backends: two groups written at once can touch the same rows
-//! (a busy conversation) in opposite orders and deadlock, which several PostgreSQL writers did
-//! under load; SQLite has one writer at a time anyway.
+//! One group writer per process, on both backends: two groups of arbitrary closures written at
+//! once can touch the same rows in opposite orders and deadlock, which several PostgreSQL group
+//! writers did under load. A batcher knows its items, so it can do better: lanes by key that
+//! never share rows (see [`WriteBatcher`]).
 
 use std::sync::{Arc, OnceLock};
 
@@ -124,10 +126,10 @@ pub type LaneKey<I> = fn(&I) -> u64;
 /// (a few set-based statements instead of a few per item), each batch in a transaction of its
 /// own. Items go to lanes by a key (for inbound messages the contact): a lane writes one batch
 /// at a time, the items arriving meanwhile making its next one, so items of one key are written
-/// in order and two lanes never take the same rows. PostgreSQL gets
-/// [`WriteBatcher::POSTGRES_LANES`] lanes, whose commits overlap; SQLite one (it has one writer
-/// anyway), as does a batcher without a key. When a batch fails, its items are written again one by one, so a bad item fails
-/// alone and the others are stored.
+/// in order and two lanes never take the same rows. PostgreSQL gets two lanes, whose commits
+/// overlap; SQLite one (it has one writer anyway), as does a batcher without a key. When a batch
+/// fails, its items are written again one by one, so a bad item fails alone and the others are
+/// stored.
 pub struct WriteBatcher<I, O> {
     db: Db,
     write: BatchWrite<I, O>,
@@ -141,7 +143,7 @@ where
     O: Send + 'static,
 {
     /// Two measured best: four made smaller batches, and their commits no faster.
-    pub const POSTGRES_LANES: usize = 2;
+    const POSTGRES_LANES: usize = 2;
 
     /// Without a lane key, one lane: for items that share no rows and need no order among
     /// themselves, where bigger batches beat overlapping commits.

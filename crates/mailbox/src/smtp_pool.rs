@@ -36,8 +36,6 @@ pub const IDLE_FOR: Duration = Duration::from_secs(15);
 /// Messages per session before it is closed (Exchange Online allows 30 per session by default,
 /// others more; a server that allows fewer answers MAIL FROM with 4xx and a new session follows).
 pub const MESSAGES_PER_SESSION: u32 = 30;
-/// Idle sessions kept per server and credentials.
-const MAX_IDLE_PER_SERVER: usize = 64;
 
 enum Client {
     Plain(SmtpClient<TcpStream>),
@@ -56,6 +54,8 @@ static IDLE: LazyLock<Mutex<HashMap<u64, Vec<Idle>>>> = LazyLock::new(Default::d
 /// Session slots by server and credentials: the cap on sessions open at once.
 static SLOTS: LazyLock<Mutex<HashMap<u64, Arc<Semaphore>>>> = LazyLock::new(Default::default);
 
+/// The slots of a server and login, made with `sessions` the first time (the process's
+/// `mail.smtp_sessions_per_server`, validated at least 1).
 fn slots(key: u64, sessions: usize) -> Arc<Semaphore> {
     let mut slots = SLOTS.lock().unwrap_or_else(|e| e.into_inner());
     Arc::clone(
@@ -104,24 +104,15 @@ fn put_idle(key: u64, client: Client, sent: u32) {
     if sent >= MESSAGES_PER_SESSION {
         return client.quit_later();
     }
-    let rejected = match IDLE.lock() {
-        Ok(mut idle) => {
-            let sessions = idle.entry(key).or_default();
-            if sessions.len() < MAX_IDLE_PER_SERVER {
-                sessions.push(Idle {
-                    client,
-                    since: Instant::now(),
-                    sent,
-                });
-                None
-            } else {
-                Some(client)
-            }
-        }
-        Err(_) => Some(client),
-    };
-    if let Some(client) = rejected {
-        client.quit_later();
+    // No bound of its own: a session opens only when none is idle, so the idle ones never
+    // outnumber the server's session slots.
+    match IDLE.lock() {
+        Ok(mut idle) => idle.entry(key).or_default().push(Idle {
+            client,
+            since: Instant::now(),
+            sent,
+        }),
+        Err(_) => client.quit_later(),
     }
 }
 

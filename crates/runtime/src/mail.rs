@@ -79,7 +79,7 @@ impl BackgroundJob for SendEmailJob {
         let settings = DeliverSettings {
             max_attempts: mail.send_attempts.max(1),
             retry_base: Duration::from_secs(mail.send_retry_secs.max(1)),
-            sessions_per_server: mail.smtp_sessions_per_server.max(1),
+            sessions_per_server: mail.smtp_sessions_per_server,
             ..DeliverSettings::default()
         };
         match deliver(&ctx.sends, &ctx.secret_key, &self.0, &settings)

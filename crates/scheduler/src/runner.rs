@@ -567,7 +567,6 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
         }
     }
 
-    /// Claims up to `limit` due jobs; none when the database cannot be reached (logged).
     /// The next time to look for due jobs: the poll interval from now, or sooner when a queued
     /// job is due before that (a scheduled send goes out at its second, not up to a poll late).
     async fn next_poll(&self) -> tokio::time::Instant {
@@ -593,6 +592,7 @@ impl<C: Clone + Send + Sync + 'static> Runner<C> {
             )
     }
 
+    /// Claims up to `limit` due jobs; none when the database cannot be reached (logged).
     async fn claim(&self, worker: &str, limit: i64) -> Vec<ClaimedJob> {
         let lease = TimeDelta::from_std(self.inner.settings.lease).unwrap_or(TimeDelta::minutes(5));
         let job_types = self.inner.job_types.clone();
