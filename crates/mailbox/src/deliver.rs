@@ -256,11 +256,8 @@ fn start_all(conn: &mut DbConnection, jobs: &[SendEmail]) -> CoreResult<Vec<Opti
             .mailbox_id
             .and_then(|id| mailboxes.get(&id).cloned().flatten());
         let Some(mailbox) = mailbox else {
-            finish(
-                conn,
-                job,
-                &Outcome::Failed("its mailbox was removed".into()),
-            )?;
+            let removed = Outcome::Failed("its mailbox was removed".into());
+            finish_all(conn, &[(job.clone(), removed)])?;
             attempts.push(None);
             continue;
         };
@@ -283,35 +280,66 @@ enum Outcome {
     Retrying(String),
 }
 
-/// Records an attempt's outcome, if the job is still the email's (its token in every WHERE).
-fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: &Outcome) -> Result<(), CoreError> {
-    conn.write(|conn| {
-        let at = now();
+/// Records the outcomes of a batch of attempts (call inside a write transaction), each only if
+/// its job still holds the email's token and the email is still `sending`: the `sent` ones in
+/// two statements for all (and a stored copy, with its APPEND job, for those that keep one),
+/// the failures one by one.
+fn finish_all(conn: &mut DbConnection, outcomes: &[(SendEmail, Outcome)]) -> CoreResult<Vec<()>> {
+    let at = now();
+    let sent: Vec<&SendEmail> = outcomes
+        .iter()
+        .filter(|(_, outcome)| matches!(outcome, Outcome::Sent { .. }))
+        .map(|(job, _)| job)
+        .collect();
+    if !sent.is_empty() {
+        let ids: Vec<i64> = sent.iter().map(|job| job.email_id).collect();
+        let tokens: Vec<&str> = sent.iter().map(|job| job.token.as_str()).collect();
+        // Tokens are random and each belongs to one email: matching any of the batch's is
+        // matching the email's own.
+        let this_send = email_sends::table
+            .filter(email_sends::email_id.eq(emails::id))
+            .filter(email_sends::token.eq_any(&tokens));
+        // emails before email_sends, as everywhere: the same lock order as cancel and PATCH.
+        diesel::update(
+            emails::table
+                .filter(emails::id.eq_any(&ids))
+                .filter(emails::status.eq("sending"))
+                .filter(diesel::dsl::exists(this_send)),
+        )
+        .set((
+            emails::status.eq("sent"),
+            emails::sent_at.eq(Some(at)),
+            emails::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+        diesel::update(
+            email_sends::table
+                .filter(email_sends::email_id.eq_any(&ids))
+                .filter(email_sends::token.eq_any(&tokens)),
+        )
+        .set((
+            email_sends::failure_reason.eq(None::<String>),
+            email_sends::raw_message.eq(None::<String>),
+            email_sends::updated_at.eq(at),
+        ))
+        .execute(conn)?;
+    }
+    for (job, outcome) in outcomes {
         let this_send = email_sends::table
             .filter(email_sends::email_id.eq(job.email_id))
             .filter(email_sends::token.eq(&job.token));
-        // emails before email_sends, as everywhere: the same lock order as cancel and PATCH.
         let still_sending = emails::table
             .filter(emails::id.eq(job.email_id))
             .filter(emails::status.eq("sending"))
             .filter(diesel::dsl::exists(this_send));
         match outcome {
-            Outcome::Sent { raw } => {
-                diesel::update(still_sending)
-                    .set((
-                        emails::status.eq("sent"),
-                        emails::sent_at.eq(Some(at)),
-                        emails::updated_at.eq(at),
-                    ))
+            Outcome::Sent { raw: None } => {}
+            // Kept only for the sent copy's APPEND, which the job enqueued here makes.
+            Outcome::Sent { raw: Some(raw) } => {
+                let kept = diesel::update(this_send)
+                    .set(email_sends::raw_message.eq(Some(STANDARD.encode(raw))))
                     .execute(conn)?;
-                let updated = diesel::update(this_send)
-                    .set((
-                        email_sends::failure_reason.eq(None::<String>),
-                        email_sends::raw_message.eq(raw.as_ref().map(|raw| STANDARD.encode(raw))),
-                        email_sends::updated_at.eq(at),
-                    ))
-                    .execute(conn)?;
-                if updated == 1 && raw.is_some() {
+                if kept == 1 {
                     let payload = serde_json::to_string(&AppendSentCopy {
                         email_id: job.email_id,
                     })
@@ -348,51 +376,6 @@ fn finish(conn: &mut DbConnection, job: &SendEmail, outcome: &Outcome) -> Result
                     .execute(conn)?;
             }
         }
-        Ok(())
-    })
-}
-
-/// Records the outcomes of a batch of attempts (call inside a write transaction): the plain
-/// `sent` ones (no sent copy to keep) in two statements for all, the others one by one.
-fn finish_all(conn: &mut DbConnection, outcomes: &[(SendEmail, Outcome)]) -> CoreResult<Vec<()>> {
-    let (plain, other): (Vec<_>, Vec<_>) = outcomes
-        .iter()
-        .partition(|(_, outcome)| matches!(outcome, Outcome::Sent { raw: None }));
-    if !plain.is_empty() {
-        let at = now();
-        let ids: Vec<i64> = plain.iter().map(|(job, _)| job.email_id).collect();
-        let tokens: Vec<&str> = plain.iter().map(|(job, _)| job.token.as_str()).collect();
-        // Tokens are random and each belongs to one email: matching any of the batch's is
-        // matching the email's own.
-        let this_send = email_sends::table
-            .filter(email_sends::email_id.eq(emails::id))
-            .filter(email_sends::token.eq_any(&tokens));
-        diesel::update(
-            emails::table
-                .filter(emails::id.eq_any(&ids))
-                .filter(emails::status.eq("sending"))
-                .filter(diesel::dsl::exists(this_send)),
-        )
-        .set((
-            emails::status.eq("sent"),
-            emails::sent_at.eq(Some(at)),
-            emails::updated_at.eq(at),
-        ))
-        .execute(conn)?;
-        diesel::update(
-            email_sends::table
-                .filter(email_sends::email_id.eq_any(&ids))
-                .filter(email_sends::token.eq_any(&tokens)),
-        )
-        .set((
-            email_sends::failure_reason.eq(None::<String>),
-            email_sends::raw_message.eq(None::<String>),
-            email_sends::updated_at.eq(at),
-        ))
-        .execute(conn)?;
-    }
-    for (job, outcome) in other {
-        finish(conn, job, outcome)?;
     }
     Ok(vec![(); outcomes.len()])
 }
